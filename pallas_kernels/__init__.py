@@ -1,0 +1,34 @@
+"""Pallas kernels behind `lrnn.ops.<op>(..., implementation="pallas")`.
+
+One kernel source for GPU and TPU: `pl.pallas_call` with a grid and BlockSpecs, 2-D
+`jnp.dot(..., preferred_element_type=jnp.float32)`, loops with `lax.fori_loop`. On CPU the same
+kernels run with `interpret=True` (the default there), which is how CI tests them.
+
+- `linear_recurrence(a, b, h0=None)`: diagonal `h_t = a_t h_{t-1} + b_t`.
+- `gated_linear_attention(q, k, v, gate, ...)`: gates per head or per key, signed.
+- `delta_product(q, k, v, beta, gate=None, ...)`: n_h Householder steps per token (WY form);
+  DeltaNet (n_h = 1) and Gated DeltaNet are special cases.
+Each has a backward kernel behind `jax.custom_vjp`.
+
+GPU lowering. On jax 0.11 `pl.pallas_call` lowers to Triton (deprecated but present and the
+default when `compiler_params` is Triton's `CompilerParams`) or to Mosaic GPU (selected by
+Mosaic-GPU compiler params or the `jax_pallas_use_mosaic_gpu` flag). We pass Triton's
+`CompilerParams` explicitly. Why: Mosaic GPU through `pl.pallas_call` is itself deprecated in
+favour of `plgpu.kernel`, and fast code there needs warpgroup (wgmma) layouts, TMA and explicit
+shared-memory pipelining, i.e. a second kernel source; that breaks "one source for GPU and
+TPU". The Triton lowering compiles the same array program we run on TPU and in interpret
+mode, picks tensor-core instructions (wgmma on Hopper) for `jnp.dot` itself and supports
+`fori_loop` carries in registers. jax-triton would also mean a separate hand-written Triton
+source. The measured numbers are in `benchmarks/RESULTS.md`.
+
+TPU. Block shapes keep the last two dims multiples of (8, 128) or the full extent
+(`tests/test_pallas_blocks.py` checks every BlockSpec the wrappers build with
+`_target="tpu"`); every grid axis is independent ("parallel"), the sequential time or chunk
+loop lives inside the kernel.
+"""
+
+from pallas_kernels.delta_product import delta_product
+from pallas_kernels.gla import gated_linear_attention
+from pallas_kernels.linear_recurrence import linear_recurrence
+
+__all__ = ["linear_recurrence", "gated_linear_attention", "delta_product"]
