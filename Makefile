@@ -16,10 +16,10 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m 'not gpu and not tpu'
+	$(PY) -m pytest -q -n 2 --dist worksteal -m 'not gpu and not tpu'
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

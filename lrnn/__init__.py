@@ -5,7 +5,7 @@ composition, and the same monoid drives the token scan, the chunkwise kernels an
 parallelism. See ``ARCHITECTURE`` in the README.
 """
 
-from lrnn import transitions
+from lrnn import grid, ops, parallel, transitions
 from lrnn.monoid import (
     DENSE,
     DIAGONAL,
@@ -31,6 +31,9 @@ __all__ = [
     "scan_sequential",
     "compose",
     "transitions",
+    "ops",
+    "parallel",
+    "grid",
 ]
 
 __version__ = "0.1.0"

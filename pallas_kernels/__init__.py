@@ -1,7 +1,8 @@
 """Pallas kernels behind `lrnn.ops.<op>(..., implementation="pallas")`.
 
-One kernel source for GPU and TPU: `pl.pallas_call` with a grid and BlockSpecs, 2-D
-`jnp.dot(..., preferred_element_type=jnp.float32)`, loops with `lax.fori_loop`. On CPU the same
+One kernel source for GPU and TPU: `pl.pallas_call` with a grid and BlockSpecs, 2-D dots
+(`lax.dot_general`, the general form of `jnp.dot`, for the transposed products) with
+`preferred_element_type=jnp.float32`, loops with `lax.fori_loop`. On CPU the same
 kernels run with `interpret=True` (the default there), which is how CI tests them.
 
 - `linear_recurrence(a, b, h0=None)`: diagonal `h_t = a_t h_{t-1} + b_t`.
@@ -19,7 +20,10 @@ shared-memory pipelining, i.e. a second kernel source; that breaks "one source f
 TPU". The Triton lowering compiles the same array program we run on TPU and in interpret
 mode, picks tensor-core instructions (wgmma on Hopper) for `jnp.dot` itself and supports
 `fori_loop` carries in registers. jax-triton would also mean a separate hand-written Triton
-source. The measured numbers are in `benchmarks/RESULTS.md`.
+source. It compiled and ran all three kernels on an H100 (jax 0.11.2, Triton 3.6), but the
+current kernels are slower than fla (DeltaNet 5x, GLA 10x fwd+bwd; the diagonal recurrence at
+16% of copy bandwidth): see `benchmarks/RESULTS.md` for the numbers, what limits them and the
+restructuring that would close the gap. The Triton lowering warns that it is deprecated.
 
 TPU. Block shapes keep the last two dims multiples of (8, 128) or the full extent
 (`tests/test_pallas_blocks.py` checks every BlockSpec the wrappers build with

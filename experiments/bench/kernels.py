@@ -1,0 +1,397 @@
+"""Side-by-side kernel benchmark: our Pallas kernels, our chunked XLA form and fla 0.6.0.
+
+Run on the GPU machine (see ../shared/GPU.md), from the repo root:
+
+    PYTHONPATH=$PWD python3 -m experiments.bench.kernels --out benchmarks/RESULTS.md
+
+It measures, bf16, fwd and fwd+bwd (median of timed calls after warm-up):
+DeltaNet and GLA at (B, T, H, d) = (8, 2048, 16, 128) and (4, 8192, 16, 128) for pallas,
+chunked (`lrnn.ops`, XLA) and fla (in its own process: fla's Triton/PyTorch must not share the
+process with JAX); Gated DeltaNet and DeltaProduct n_h = 2, 3 (ours only); the diagonal
+recurrence at (8, 4096, 2048) f32 against `lax.associative_scan`, with effective TB/s against a
+measured copy. Peak device memory: XLA's compiled memory analysis (arguments + outputs +
+temporaries) for ours, `torch.cuda.max_memory_allocated` for fla. Writes a markdown table.
+
+`python3 -m experiments.bench.kernels fla-worker IN.npz OUT.npz` runs one fla forward+backward
+on saved inputs (used by the GPU tests); `fla-bench` times fla and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = [(8, 2048, 16, 128), (4, 8192, 16, 128)]
+DIAG_SHAPE = (8, 4096, 2048)
+
+
+# ============================================================================ fla (torch) side
+def _fla_env():
+    env = dict(os.environ)
+    env.setdefault("TRITON_CACHE_DIR", "/tmp/triton")
+    env.setdefault("HOME", "/tmp/home")
+    env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+    return env
+
+
+def _fla_fn(op):
+    if op == "deltanet":
+        from fla.ops.delta_rule import chunk_delta_rule
+
+        return lambda q, k, v, x, scale: chunk_delta_rule(q, k, v, x, scale=scale)
+    if op == "gla":
+        from fla.ops.gla import chunk_gla
+
+        return lambda q, k, v, x, scale: chunk_gla(q, k, v, x, scale=scale)
+    raise ValueError(op)
+
+
+def fla_worker(path_in, path_out):
+    """fla forward + backward on inputs saved by the GPU tests (float32 arrays of bf16 values)."""
+    import numpy as np
+    import torch
+
+    d = dict(np.load(path_in))
+    op = str(d.pop("op"))
+    scale = float(d.pop("scale"))
+    dev = "cuda"
+    q, k, v = (torch.tensor(d[n], device=dev).to(torch.bfloat16).requires_grad_() for n in "qkv")
+    # deltanet: x = beta (bf16) [B, T, H]; gla: x = log gate (f32) [B, T, H, K]
+    x = torch.tensor(d["x"], device=dev)
+    x = (x.to(torch.bfloat16) if op == "deltanet" else x.float()).requires_grad_()
+    o, _ = _fla_fn(op)(q, k, v, x, scale)
+    o.backward(torch.tensor(d["do"], device=dev).to(o.dtype))
+    out = {"o": o, "dq": q.grad, "dk": k.grad, "dv": v.grad, "dx": x.grad}
+    np.savez(path_out, **{n: t.float().detach().cpu().numpy() for n, t in out.items()})
+
+
+def fla_bench(shapes, reps):
+    import torch
+    import triton
+
+    rows = []
+    for op in ("deltanet", "gla"):
+        fn = _fla_fn(op)
+        for B, T, H, D in shapes:
+            torch.manual_seed(0)
+            dev, bf = "cuda", torch.bfloat16
+            q = torch.randn(B, T, H, D, device=dev, dtype=bf)
+            k = torch.nn.functional.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(bf)
+            v = torch.randn(B, T, H, D, device=dev, dtype=bf)
+            if op == "deltanet":
+                x = torch.rand(B, T, H, device=dev, dtype=bf)
+            else:
+                x = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev) + 3.0)
+            for t in (q, k, v, x):
+                t.requires_grad_()
+            do = torch.randn(B, T, H, D, device=dev, dtype=bf)
+            scale = D ** -0.5
+            f_fwd = lambda fn=fn, a=(q, k, v, x, scale): fn(*a)
+            f_bwd = lambda fn=fn, a=(q, k, v, x, scale), do=do: fn(*a)[0].backward(do)
+            f_fwd(), f_bwd()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            f_bwd()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            t_f = triton.testing.do_bench(f_fwd, warmup=25, rep=reps, return_mode="median")
+            t_b = triton.testing.do_bench(f_bwd, warmup=25, rep=reps, return_mode="median")
+            rows.append(dict(op=op, shape=[B, T, H, D], fwd=t_f, fwdbwd=t_b, peak=peak))
+    return dict(rows=rows, torch=torch.__version__, triton=triton.__version__)
+
+
+# ============================================================================ JAX side
+def _time(fn, *args, reps=20, warm=3):
+    import jax
+
+    for _ in range(warm):
+        jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def _peak(fn, *args):
+    try:
+        m = fn.lower(*args).compile().memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
+def _inputs(kind, B, T, H, D, n_h=1, seed=0):
+    import jax
+    import jax.numpy as jnp
+
+    ks = jax.random.split(jax.random.key(seed), 8)
+    bf = jnp.bfloat16
+    q = jax.random.normal(ks[0], (B, T, H, D), bf)
+    do = jax.random.normal(ks[7], (B, T, H, D), bf)
+    if kind == "gla":
+        k = jax.random.normal(ks[1], (B, T, H, D), bf)
+        v = jax.random.normal(ks[2], (B, T, H, D), bf)
+        g = jax.nn.sigmoid(jax.random.normal(ks[3], (B, T, H, D)) + 3.0)
+        return (q, k, v, g), do
+    k = jax.random.normal(ks[1], (B, T, H, n_h, D))
+    k = (k / jnp.linalg.norm(k, axis=-1, keepdims=True)).astype(bf)
+    v = jax.random.normal(ks[2], (B, T, H, n_h, D), bf)
+    beta = jax.random.uniform(ks[3], (B, T, H, n_h), bf)
+    g = jax.nn.sigmoid(jax.random.normal(ks[4], (B, T, H)) + 3.0) if kind == "gated" else None
+    return (q, k, v, beta, g), do
+
+
+def _ours(kind, impl):
+    import pallas_kernels as pk
+    from lrnn import ops
+
+    def f(*xs):
+        if impl == "pallas-pre":  # delta kernels with the chunk-parallel inverse precompute
+            q, k, v, beta, g = xs
+            return pk.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
+                                    precompute_inverse=True)[0]
+        if kind == "gla" and impl == "pallas-split":
+            q, k, v, g = xs
+            return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                             split_intra=True)[0]
+        if kind == "gla":
+            q, k, v, g = xs
+            return ops.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                              implementation=impl)[0]
+        q, k, v, beta, g = xs
+        return ops.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
+                                 implementation=impl)[0]
+
+    return f
+
+
+def bench_ours(kind, impl, B, T, H, D, n_h=1, reps=20):
+    import jax
+
+    xs, do = _inputs(kind, B, T, H, D, n_h)
+    f = _ours(kind, impl)
+    idx = [i for i, x in enumerate(xs) if x is not None]
+
+    def fwd(*xs):
+        return f(*xs)
+
+    def fwdbwd(*xs):
+        def g(*d):
+            full = list(xs)
+            for i, di in zip(idx, d):
+                full[i] = di
+            return f(*full)
+
+        _, vjp = jax.vjp(g, *[xs[i] for i in idx])
+        return vjp(do)
+
+    jf, jb = jax.jit(fwd), jax.jit(fwdbwd)
+    return dict(fwd=_time(jf, *xs, reps=reps), fwdbwd=_time(jb, *xs, reps=reps),
+                peak=_peak(jb, *xs))
+
+
+def bench_diag(reps=20):
+    import jax
+    import jax.numpy as jnp
+
+    import pallas_kernels as pk
+    from lrnn import ops
+
+    B, T, D = DIAG_SHAPE
+    ka, kb = jax.random.split(jax.random.key(1))
+    a = jax.random.uniform(ka, (B, T, D), jnp.float32, -1.0, 1.0)
+    b = jax.random.normal(kb, (B, T, D), jnp.float32)
+    nbytes = 3 * a.size * 4
+    out = {}
+    x = jnp.ones((256 * 1024 * 1024,), jnp.float32)  # 1 GiB
+    t = _time(jax.jit(lambda x: x + 1.0), x, reps=reps)
+    out["copy"] = dict(ms=t, tbps=2 * x.size * 4 / t / 1e9)
+    del x
+
+    def assoc(a, b):
+        def comb(e1, e2):
+            return e1[0] * e2[0], e2[0] * e1[1] + e2[1]
+
+        return jax.lax.associative_scan(comb, (a, b), axis=1)[1]
+
+    t = _time(jax.jit(assoc), a, b, reps=reps)
+    out["associative_scan"] = dict(ms=t, tbps=nbytes / t / 1e9)
+    t = _time(jax.jit(lambda a, b: ops.linear_recurrence(a, b, implementation="chunked")), a, b,
+              reps=reps)
+    out["chunked"] = dict(ms=t, tbps=nbytes / t / 1e9)
+    best, configs = None, []
+    configs += [(bd, nw, None) for bd in (64, 128, 256) for nw in (1, 2, 4)]
+    configs += [(bd, nw, bt) for bd in (64, 128) for nw in (2, 4) for bt in (16, 32)]
+    for bd, nw, bt in configs:
+        name = f"pallas bd={bd} nw={nw} bt={bt}"
+        try:
+            fn = jax.jit(lambda a, b, bd=bd, nw=nw, bt=bt: pk.linear_recurrence(
+                a, b, block_d=bd, num_warps=nw, block_t=bt))
+            t = _time(fn, a, b, reps=reps)
+        except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
+            print(f"diag {name} failed: {type(e).__name__}: {e}"[:300])
+            continue
+        out[name] = dict(ms=t, tbps=nbytes / t / 1e9)
+        if best is None or t < out[best[0]]["ms"]:
+            best = (name, bd, nw, bt)
+    out["best"] = None if best is None else best[0]
+    if best is not None:
+        _, bd, nw, bt = best
+
+        def fb(a, b):
+            h, vjp = jax.vjp(lambda a, b: pk.linear_recurrence(
+                a, b, block_d=bd, num_warps=nw, block_t=bt), a, b)
+            return vjp(h)
+
+        out["pallas fwd+bwd"] = dict(ms=_time(jax.jit(fb), a, b, reps=reps))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", nargs="?", default="bench",
+                    choices=["bench", "fla-worker", "fla-bench", "report", "diag"])
+    ap.add_argument("args", nargs="*")
+    ap.add_argument("--out", default="benchmarks/RESULTS.md")
+    ap.add_argument("--raw", default=None, help="JSON file of our raw numbers (written/read)")
+    ap.add_argument("--fla-json", default=None, help="JSON of fla numbers (written/read)")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--fla", action="store_true", help="also run fla (subprocess) first")
+    ap.add_argument("--quick", action="store_true", help="first shape only")
+    ap.add_argument("--no-chunked", action="store_true",
+                    help="skip the XLA chunked rows (their compile is slow at these shapes)")
+    a = ap.parse_args()
+    if a.mode == "fla-worker":
+        fla_worker(*a.args)
+        return
+    shapes = SHAPES[:1] if a.quick else SHAPES
+    if a.mode == "diag":
+        diag = bench_diag(a.reps)
+        print("DIAGJSON " + json.dumps(diag))
+        if a.raw:
+            with open(a.raw, "w") as fh:
+                json.dump(diag, fh)
+        return
+    if a.mode == "fla-bench":
+        res = fla_bench(shapes, 100)
+        if a.fla_json:
+            with open(a.fla_json, "w") as fh:
+                json.dump(res, fh)
+        print("FLAJSON " + json.dumps(res))
+        return
+    fla = None
+    if a.fla_json and os.path.exists(a.fla_json):
+        with open(a.fla_json) as fh:
+            fla = json.load(fh)
+    if a.mode == "report":
+        with open(a.raw) as fh:
+            raw = json.load(fh)
+        write_results(a.out, raw["rows"], fla, raw["diag"], raw["meta"])
+        return
+    if a.fla:  # fla first, in its own process, before JAX takes the GPU
+        cmd = [sys.executable, "-m", "experiments.bench.kernels", "fla-bench"]
+        cmd += ["--quick"] if a.quick else []
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_fla_env(), timeout=500)
+        line = [s for s in r.stdout.splitlines() if s.startswith("FLAJSON ")]
+        if line:
+            fla = json.loads(line[0][8:])
+        else:
+            print("fla failed:", r.stderr[-3000:])
+
+    import jax
+
+    rows = []
+
+    def run(name, kind, impl, shape, n_h=1):
+        try:
+            res = bench_ours(kind, impl, *shape, n_h=n_h, reps=a.reps)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"{name} {impl} {shape} failed: {type(e).__name__}: {str(e)[:400]}")
+            res = None
+        rows.append(dict(op=name, impl=impl, shape=list(shape), res=res))
+        print(name, impl, shape, res, flush=True)
+
+    impls = ("pallas",) if a.no_chunked else ("pallas", "chunked")
+    for shape in shapes:
+        for impl in impls:
+            run("deltanet", "delta", impl, shape)
+            run("gla", "gla", impl, shape)
+        run("deltanet", "delta", "pallas-pre", shape)
+        run("gla", "gla", "pallas-split", shape)
+        run("gated_deltanet", "gated", "pallas", shape)
+        run("gated_deltanet", "gated", "pallas-pre", shape)
+        run("deltaproduct_nh2", "delta", "pallas", shape, n_h=2)
+        run("deltaproduct_nh3", "delta", "pallas", shape, n_h=3)
+    diag = bench_diag(a.reps)
+    print(json.dumps(diag, indent=1))
+    meta = dict(device=f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+                jax=jax.__version__,
+                date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+    if a.raw:
+        with open(a.raw, "w") as fh:
+            json.dump(dict(rows=rows, diag=diag, meta=meta), fh)
+    write_results(a.out, rows, fla, diag, meta)
+
+
+def write_results(path, rows, fla, diag, meta):
+    fl = {(r["op"], tuple(r["shape"])): r for r in (fla["rows"] if fla else [])}
+    mib = lambda b: "-" if b is None else f"{b / 2**20:.0f}"
+    versions = f"jax {meta['jax']}"
+    versions += (f", torch {fla['torch']}, triton {fla['triton']}, fla 0.6.0" if fla
+                 else ", fla: not run")
+    lines = [
+        "# Kernel benchmark",
+        "",
+        f"- date: {meta['date']}",
+        f"- device: {meta['device']}",
+        f"- versions: {versions}",
+        "- command (device tool): `PYTHONPATH=$PWD python3 -m experiments.bench.kernels "
+        "--raw ours.json` and, in its own process, `... kernels fla-bench --fla-json fla.json`; "
+        "then `python3 -m experiments.bench.kernels report --raw ours.json --fla-json fla.json`",
+        "- bf16 inputs, f32 accumulation; median ms; ratio = fla time / our time "
+        "(> 1: we are faster); peak = arguments + outputs + temporaries of the fwd+bwd "
+        "program (XLA memory analysis) / `torch.cuda.max_memory_allocated` for fla",
+        "",
+        "| op | B, T, H, d | impl | fwd ms | fwd+bwd ms | fla fwd ms | fla fwd+bwd ms "
+        "| ratio fwd | ratio fwd+bwd | peak MiB | fla peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        res, f = r["res"], fl.get((r["op"], tuple(r["shape"])))
+        shape = ", ".join(map(str, r["shape"]))
+        if res is None:
+            lines.append(f"| {r['op']} | {shape} | {r['impl']} | failed | | | | | | | |")
+            continue
+        cells = [f"{res['fwd']:.3f}", f"{res['fwdbwd']:.3f}"]
+        if f:
+            cells += [f"{f['fwd']:.3f}", f"{f['fwdbwd']:.3f}", f"{f['fwd'] / res['fwd']:.2f}",
+                      f"{f['fwdbwd'] / res['fwdbwd']:.2f}", mib(res["peak"]), mib(f["peak"])]
+        else:
+            cells += ["-", "-", "-", "-", mib(res["peak"]), "-"]
+        lines.append(f"| {r['op']} | {shape} | {r['impl']} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Diagonal recurrence, f32, (B, T, D) = {DIAG_SHAPE}", "",
+              "effective TB/s = (read a, b + write h) / time; copy = `x + 1` on 1 GiB "
+              "(read + write)", "", "| impl | ms | TB/s | % of copy |", "|---|---|---|---|"]
+    copy = diag["copy"]["tbps"]
+    for name, d in diag.items():
+        if not isinstance(d, dict):
+            continue
+        tb = d.get("tbps")
+        lines.append(f"| {name} | {d['ms']:.3f} | " + ("-" if tb is None else f"{tb:.2f}")
+                     + " | " + ("-" if tb is None else f"{100 * tb / copy:.0f}%") + " |")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Times the implementations of each op side by side (forward, and forward + backward).
+
+    python -m experiments.bench.ops                       # CPU, T = 4096, small heads
+    python -m experiments.bench.ops --T 1024 --chunk-sizes 16 32
+
+Writes a markdown table (date, device, jax version, load, shapes, ms, ratio to the
+sequential implementation) to ``--out`` (default ``benchmarks/ops_cpu.md``). Each entry is
+the minimum over ``--repeats`` timed calls of a jitted function after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from lrnn.numerics import random_inputs, run_op
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    T: int = 4096  # sequence length
+    batch: int = 1  # B
+    heads: int = 4  # H
+    dk: int = 32  # key dim (also D of linear_recurrence)
+    dv: int = 32  # value dim
+    n_h: int = 2  # Householder steps per token (delta_product)
+    chunk_sizes: tuple[int, ...] = (16, 32, 64)  # chunk sizes of the chunked form
+    implementations: tuple[str, ...] = ("sequential", "scan", "chunked")  # to time
+    ops: tuple[str, ...] = (  # op[:gate kind]
+        "linear_recurrence",
+        "gated_linear_attention:head",
+        "gated_linear_attention:key",
+        "delta_rule:none",
+        "delta_rule:head",
+        "delta_product:head",
+    )
+    backward: bool = True  # also time forward + backward (gradients of all inputs)
+    repeats: int = 5  # timed calls per entry (the minimum is reported)
+    out: str = "benchmarks/ops_cpu.md"  # markdown output
+
+
+def _time(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _variants(cfg):
+    for impl in cfg.implementations:
+        if impl == "chunked":
+            for C in cfg.chunk_sizes:
+                yield f"chunked C={C}", impl, C
+        else:
+            yield impl, impl, 64
+
+
+def run(cfg: Config, on_row=None) -> list[dict]:
+    jobs = [(spec, v) for spec in cfg.ops for v in _variants(cfg)]
+    rows = []
+    for spec, (label, impl, C) in tqdm(jobs, desc="bench ops"):
+        op, _, gate = spec.partition(":")
+        kw = dict(batch=cfg.batch, length=cfg.T, heads=cfg.heads, dk=cfg.dk, dv=cfg.dv,
+                  n_h=cfg.n_h, gate=gate or "head")
+        x = {k: jnp.asarray(v, jnp.float32) for k, v in random_inputs(op, **kw).items()}
+        fwd = jax.jit(functools.partial(run_op, op, implementation=impl, chunk_size=C))
+        row = {"op": spec, "implementation": label, "fwd_ms": _time(fwd, x, repeats=cfg.repeats)}
+        if cfg.backward:
+            def loss(x, op=op, impl=impl, C=C):
+                o, S = run_op(op, x, impl, chunk_size=C)
+                return jnp.sum(o) + jnp.sum(S)
+
+            grad = jax.jit(jax.grad(loss))
+            row["fwd_bwd_ms"] = _time(grad, x, repeats=cfg.repeats)
+        rows.append(row)
+        if on_row is not None:
+            on_row(_with_ratios(cfg, [dict(r) for r in rows]))
+    return _with_ratios(cfg, rows)
+
+
+def _with_ratios(cfg: Config, rows: list[dict]) -> list[dict]:
+    for r in rows:
+        seq = next((s for s in rows if s["op"] == r["op"]
+                    and s["implementation"] == "sequential"), None)
+        nan = float("nan")
+        r["fwd_ratio"] = r["fwd_ms"] / seq["fwd_ms"] if seq else nan
+        if cfg.backward:
+            r["fwd_bwd_ratio"] = r["fwd_bwd_ms"] / seq["fwd_bwd_ms"] if seq else nan
+    return rows
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def markdown(cfg: Config, rows: list[dict]) -> str:
+    dev = jax.devices()[0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        "# lrnn.ops: implementations side by side",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- device: {jax.default_backend()} ({dev.device_kind}; {_cpu_model()}, "
+        f"{os.cpu_count()} cores, load average {load:.1f} when the run ended)",
+        f"- jax {jax.__version__}, numpy {np.__version__}",
+        f"- shapes: B={cfg.batch}, T={cfg.T}, H={cfg.heads}, dk={cfg.dk}, dv={cfg.dv}, "
+        f"n_h={cfg.n_h} (delta_product), D={cfg.dk} (linear_recurrence); float32",
+        f"- ms: minimum of {cfg.repeats} calls of the jitted function after a warm-up; "
+        "ratio: time / time of `sequential` for the same op (< 1 is faster)",
+        "- command: `python -m experiments.bench.ops`",
+        "",
+    ]
+    head = "| op | implementation | fwd ms | fwd ratio |"
+    sep = "|---|---|---:|---:|"
+    if cfg.backward:
+        head += " fwd+bwd ms | fwd+bwd ratio |"
+        sep += "---:|---:|"
+    lines += [head, sep]
+    for r in rows:
+        line = (f"| {r['op']} | {r['implementation']} | {r['fwd_ms']:.2f} | "
+                f"{r['fwd_ratio']:.2f} |")
+        if cfg.backward:
+            line += f" {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_ratio']:.2f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(cfg: Config) -> list[dict]:
+    os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)
+
+    def write(rows):  # after every row, so an interrupted run keeps what it measured
+        with open(cfg.out, "w") as fh:
+            fh.write(markdown(cfg, rows))
+
+    rows = run(cfg, on_row=write)
+    write(rows)
+    text = markdown(cfg, rows)
+    print(text)
+    print(f"wrote {cfg.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    import tyro  # only at the entry point
+
+    main(tyro.cli(Config))

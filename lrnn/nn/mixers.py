@@ -1,0 +1,485 @@
+"""Sequence mixers: each projects its input to gates and calls an ``lrnn.ops`` op.
+
+Every mixer maps ``x [B, T, D] -> y [B, T, D]`` and has a recurrent form for decoding:
+``init_state(batch, max_len)`` and ``step(x_t [B, D], state) -> (y_t [B, D], state)``, whose
+repeated use equals the full-sequence output (tested in tests/test_nn.py).
+
+Mixers with an eigenvalue range also expose ``eigenvalues(x)``: the per-token eigenvalues of
+their transitions (diagonal gates, ``1 - beta`` of the Householder steps), for inspection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import lrnn.ops as ops
+from lrnn import parallel, transitions
+from lrnn.nn.config import ModelConfig
+from lrnn.nn.layers import CausalConv1D, l2_normalize, rope
+
+__all__ = [
+    "DiagonalMixer",
+    "GLAMixer",
+    "DeltaProductMixer",
+    "SliceMixer",
+    "LSTMMixer",
+    "AttentionMixer",
+    "MIXERS",
+]
+
+
+def _signed(cfg: ModelConfig) -> bool:
+    if cfg.eigen not in ("unit", "signed"):
+        raise ValueError(f"eigen must be 'unit' or 'signed', got {cfg.eigen!r}")
+    return cfg.eigen == "signed"
+
+
+# [parallel] begin
+def _no_sequence_axis(mixer: str) -> None:
+    """Raises inside ``lrnn.parallel.sequence_sharded``: this mixer cannot split time."""
+    if parallel.current_axis() is not None:
+        raise NotImplementedError(
+            f"the {mixer} mixer is not a linear recurrence and cannot run with its time axis "
+            f"split over mesh axis {parallel.current_axis()!r} (sequence sharding); use a "
+            "mesh without 'seq' or a linear mixer (diagonal, gla, deltanet, deltaproduct, slice)"
+        )
+# [parallel] end
+
+
+def _heads(cfg: ModelConfig) -> int:
+    if cfg.d_model % cfg.heads:
+        raise ValueError(f"d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
+    return cfg.d_model // cfg.heads
+
+
+# ------------------------------------------------------------------------------------------
+# Mamba-style selective diagonal recurrence
+# ------------------------------------------------------------------------------------------
+class DiagonalMixer(nnx.Module):
+    """Selective diagonal recurrence (Mamba-style), eigenvalues in [0, 1] or [-1, 1].
+
+    Per channel c and state index n: ``h_t[c, n] = a_t[c, n] h_{t-1}[c, n] + dt_t[c] B_t[n]
+    u_t[c]`` with ``a = exp(softplus(dt) A)`` (``A < 0``), or ``2a - 1`` for ``eigen="signed"``;
+    ``y_t = (sum_n C_t[n] h_t[c, n] + D u_t) * silu(z_t)``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, Di, N = cfg.d_model, cfg.expand * cfg.d_model, cfg.d_state
+        dt = cfg.compute_dtype
+        self.cfg, self.inner, self.n = cfg, Di, N
+        self.signed = _signed(cfg)
+        self.in_proj = nnx.Linear(D, 2 * Di, use_bias=False, dtype=dt, rngs=rngs)
+        self.conv = CausalConv1D(Di, cfg.conv, rngs=rngs, dtype=dt) if cfg.conv else None
+        self.dt_proj = nnx.Linear(Di, Di, dtype=dt, rngs=rngs)
+        # softplus(dt_bias) spread over [1e-3, 1e-1] as in Mamba.
+        u0 = jax.random.uniform(rngs.params(), (Di,))
+        step0 = jnp.exp(u0 * math.log(100.0) + math.log(1e-3))
+        self.dt_proj.bias = nnx.Param(step0 + jnp.log(-jnp.expm1(-step0)))
+        self.bc_proj = nnx.Linear(Di, 2 * N, use_bias=False, dtype=dt, rngs=rngs)
+        A0 = jnp.tile(jnp.arange(1, N + 1, dtype=jnp.float32), (Di, 1))  # S4D-real
+        self.A_log = nnx.Param(jnp.log(A0))
+        self.skip = nnx.Param(jnp.ones((Di,)))
+        self.out_proj = nnx.Linear(Di, D, use_bias=False, dtype=dt, rngs=rngs)
+
+    def _gates(self, u):
+        """u: [..., Di] -> a [..., Di, N], b-scale [..., Di, N] pieces, C [..., N]."""
+        dt = self.dt_proj(u).astype(jnp.float32)
+        A = -jnp.exp(self.A_log[...])
+        a = transitions.mamba_gate(dt[..., None], A, signed=self.signed)
+        Bm, Cm = jnp.split(self.bc_proj(u).astype(jnp.float32), 2, axis=-1)
+        b = (jax.nn.softplus(dt) * u.astype(jnp.float32))[..., None] * Bm[..., None, :]
+        return a, b, Cm
+
+    def _out(self, h, Cm, u, z):
+        y = jnp.einsum("...cn,...n->...c", h.astype(jnp.float32), Cm)
+        y = y + self.skip[...] * u.astype(jnp.float32)
+        y = y.astype(z.dtype) * jax.nn.silu(z)
+        return self.out_proj(y)
+
+    def _inputs(self, x):
+        u, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        return u, z
+
+    def eigenvalues(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` -> eigenvalues ``a_t`` ``[B, T, Di, N]``."""
+        u, _ = self._inputs(x)
+        if self.conv is not None:
+            u = jax.nn.silu(self.conv(u))
+        return self._gates(u)[0]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+        B, T, _ = x.shape
+        u, z = self._inputs(x)
+        if self.conv is not None:
+            u = jax.nn.silu(self.conv(u))
+        a, b, Cm = self._gates(u)
+        h = ops.linear_recurrence(
+            a.reshape(B, T, -1), b.reshape(B, T, -1), implementation=self.cfg.implementation,
+            chunk_size=self.cfg.chunk_size, **parallel.axis_kwargs(),  # [parallel] time sharding
+        ).reshape(B, T, self.inner, self.n)
+        return self._out(h, Cm, u, z)
+
+    def init_state(self, batch: int, max_len: int = 0):
+        conv = self.conv.init_state(batch) if self.conv is not None else None
+        return {"h": jnp.zeros((batch, self.inner * self.n), jnp.float32), "conv": conv}
+
+    def step(self, x: jax.Array, state):
+        """x: ``[B, D]`` -> (``[B, D]``, state)."""
+        B = x.shape[0]
+        u, z = self._inputs(x)
+        conv = state["conv"]
+        if self.conv is not None:
+            u, conv = self.conv.step(u, conv)
+            u = jax.nn.silu(u)
+        a, b, Cm = self._gates(u)
+        h = ops.linear_recurrence_step(a.reshape(B, -1), b.reshape(B, -1), state["h"])
+        y = self._out(h.reshape(B, self.inner, self.n), Cm, u, z)
+        return y, {"h": h, "conv": conv}
+
+
+# ------------------------------------------------------------------------------------------
+# Gated linear attention
+# ------------------------------------------------------------------------------------------
+class GLAMixer(nnx.Module):
+    """Gated linear attention with per-key gates ``g = sigmoid(x)^(1/16)`` (or ``2g - 1``).
+
+    ``S_t = diag(g_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t / sqrt(dk)``, then a per-head
+    RMSNorm, an output gate ``silu(z)`` and a projection.
+    """
+
+    gate_normalizer = 16.0
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, H, dh = cfg.d_model, cfg.heads, _heads(cfg)
+        dt = cfg.compute_dtype
+        self.cfg, self.H, self.dh = cfg, H, dh
+        self.signed = _signed(cfg)
+        self.qkvzg = nnx.Linear(D, 5 * D, use_bias=False, dtype=dt, rngs=rngs)
+        self.gate_bias = nnx.Param(jnp.zeros((D,)))
+        self.norm = nnx.RMSNorm(dh, dtype=dt, rngs=rngs)
+        self.out_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+
+    def _project(self, x):
+        shp = x.shape[:-1] + (self.H, self.dh)
+        q, k, v, z, g = jnp.split(self.qkvzg(x), 5, axis=-1)
+        logg = jax.nn.log_sigmoid(g.astype(jnp.float32) + self.gate_bias[...])
+        gate = jnp.exp(logg / self.gate_normalizer)
+        if self.signed:
+            gate = 2.0 * gate - 1.0
+        return q.reshape(shp), k.reshape(shp), v.reshape(shp), z, gate.reshape(shp)
+
+    def _out(self, o, z):
+        o = self.norm(o).reshape(z.shape)
+        return self.out_proj(o * jax.nn.silu(z))
+
+    def eigenvalues(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` -> per-key gates ``[B, T, H, dk]``."""
+        return self._project(x)[4]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v, z, gate = self._project(x)
+        o, _ = ops.gated_linear_attention(
+            q, k, v, gate, scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
+            implementation=self.cfg.implementation, **parallel.axis_kwargs(),  # [parallel]
+        )
+        return self._out(o.astype(z.dtype), z)
+
+    def init_state(self, batch: int, max_len: int = 0):
+        return jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32)
+
+    def step(self, x: jax.Array, state):
+        q, k, v, z, gate = self._project(x)
+        o, state = ops.gated_linear_attention_step(
+            q, k, v, gate, state=state, scale=self.dh**-0.5
+        )
+        return self._out(o.astype(z.dtype), z), state
+
+
+# ------------------------------------------------------------------------------------------
+# DeltaNet / DeltaProduct (optionally gated)
+# ------------------------------------------------------------------------------------------
+class DeltaProductMixer(nnx.Module):
+    """DeltaProduct: n_h Householder steps per token; DeltaNet is ``n_h = 1``.
+
+    Keys (and queries) are L2-normalised per head; ``beta = sigmoid`` (eigenvalues ``1 - beta``
+    in [0, 1]) or ``2 sigmoid`` ([-1, 1]); an optional forget gate ``exp(softplus(a) A)``
+    (Gated DeltaNet); an optional short causal convolution with SiLU on q, k and v.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, H, dh, nh = cfg.d_model, cfg.heads, _heads(cfg), cfg.n_h
+        if nh < 1:
+            raise ValueError(f"n_h must be >= 1, got {nh}")
+        dt = cfg.compute_dtype
+        self.cfg, self.H, self.dh, self.nh = cfg, H, dh, nh
+        self.signed = _signed(cfg)
+        self.q_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+        self.k_proj = nnx.Linear(D, nh * D, use_bias=False, dtype=dt, rngs=rngs)
+        self.v_proj = nnx.Linear(D, nh * D, use_bias=False, dtype=dt, rngs=rngs)
+        self.b_proj = nnx.Linear(D, nh * H, dtype=dt, rngs=rngs)
+        self.z_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+        if cfg.conv:
+            self.q_conv = CausalConv1D(D, cfg.conv, rngs=rngs, dtype=dt)
+            self.k_conv = CausalConv1D(nh * D, cfg.conv, rngs=rngs, dtype=dt)
+            self.v_conv = CausalConv1D(nh * D, cfg.conv, rngs=rngs, dtype=dt)
+        if cfg.forget_gate:
+            self.a_proj = nnx.Linear(D, H, dtype=dt, rngs=rngs)
+            A0 = jax.random.uniform(rngs.params(), (H,), minval=1, maxval=16)
+            self.A_log = nnx.Param(jnp.log(A0))
+        self.norm = nnx.RMSNorm(dh, dtype=dt, rngs=rngs)
+        self.out_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+
+    def _raw(self, x):
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _finish(self, x, q, k, v):
+        lead = x.shape[:-1]
+        q = l2_normalize(q.reshape(lead + (self.H, self.dh)))
+        k = l2_normalize(k.reshape(lead + (self.H, self.nh, self.dh)))
+        v = v.reshape(lead + (self.H, self.nh, self.dh))
+        beta = transitions.householder_beta(
+            self.b_proj(x).astype(jnp.float32), signed=self.signed
+        ).reshape(lead + (self.H, self.nh))
+        gate = None
+        if self.cfg.forget_gate:
+            A = -jnp.exp(self.A_log[...])
+            gate = transitions.mamba_gate(self.a_proj(x).astype(jnp.float32), A)
+        return q, k, v, beta, gate
+
+    def _out(self, o, x):
+        z = self.z_proj(x)
+        o = self.norm(o.astype(z.dtype)).reshape(z.shape)
+        return self.out_proj(o * jax.nn.silu(z))
+
+    def _project(self, x):
+        q, k, v = self._raw(x)
+        if self.cfg.conv:
+            q = jax.nn.silu(self.q_conv(q))
+            k = jax.nn.silu(self.k_conv(k))
+            v = jax.nn.silu(self.v_conv(v))
+        return self._finish(x, q, k, v)
+
+    def eigenvalues(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` -> Householder eigenvalues ``1 - beta`` ``[B, T, H, n_h]``."""
+        return 1.0 - self._project(x)[3]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v, beta, gate = self._project(x)
+        o, _ = ops.delta_product(
+            q, k, v, beta, gate=gate, scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
+            implementation=self.cfg.implementation, **parallel.axis_kwargs(),  # [parallel]
+        )
+        return self._out(o, x)
+
+    def init_state(self, batch: int, max_len: int = 0):
+        state = {"S": jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32)}
+        if self.cfg.conv:
+            state["conv"] = (
+                self.q_conv.init_state(batch),
+                self.k_conv.init_state(batch),
+                self.v_conv.init_state(batch),
+            )
+        return state
+
+    def step(self, x: jax.Array, state):
+        q, k, v = self._raw(x)
+        new = {}
+        if self.cfg.conv:
+            cq, ck, cv = state["conv"]
+            q, cq = self.q_conv.step(q, cq)
+            k, ck = self.k_conv.step(k, ck)
+            v, cv = self.v_conv.step(v, cv)
+            q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
+            new["conv"] = (cq, ck, cv)
+        q, k, v, beta, gate = self._finish(x, q, k, v)
+        o, new["S"] = ops.delta_product_step(
+            q, k, v, beta, gate=gate, state=state["S"], scale=self.dh**-0.5
+        )
+        return self._out(o, x), new
+
+
+# ------------------------------------------------------------------------------------------
+# SLiCE: structured, input-dependent transitions A_t = I + sum_i x_t^i A^i
+# ------------------------------------------------------------------------------------------
+class SliceMixer(nnx.Module):
+    """Structured linear CDE (Walker et al. 2025): ``h_t = A_t h_{t-1} + W_b x_t``.
+
+    ``A_t = I + sum_i x_t^i A^i`` with ``x_t = W_x x`` (``slice_inputs`` features, tanh) and
+    ``A^i`` in the chosen structure; the output is ``W_o h_t``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, n, di = cfg.d_model, cfg.slice_state or cfg.d_model, cfg.slice_inputs
+        dt = cfg.compute_dtype
+        self.cfg, self.n, self.di = cfg, n, di
+        self.structure = cfg.structure
+        self.x_proj = nnx.Linear(D, di, dtype=dt, rngs=rngs)
+        self.b_proj = nnx.Linear(D, n, use_bias=False, dtype=dt, rngs=rngs)
+        self.out_proj = nnx.Linear(n, D, use_bias=False, dtype=dt, rngs=rngs)
+        key = rngs.params()
+        ks = jax.random.split(key, 3)
+        scale = 0.5 / math.sqrt(di)
+        s = cfg.structure
+        if s in ("diagonal", "walsh_hadamard"):
+            w = jax.random.normal(ks[0], (di, n)) * scale
+            if s == "walsh_hadamard":  # H is orthonormal: keep sum_i x^i H diag(w_i) small
+                w = w / math.sqrt(n)
+            self.weights = nnx.Param(w)
+        elif s == "block_diagonal":
+            bs = cfg.block_size
+            if n % bs:
+                raise ValueError(f"slice_state={n} must be divisible by block_size={bs}")
+            w = jax.random.normal(ks[0], (di, n // bs, bs, bs))
+            self.weights = nnx.Param(w * scale / math.sqrt(bs))
+        elif s == "dense":
+            self.weights = nnx.Param(jax.random.normal(ks[0], (di, n, n)) * scale / math.sqrt(n))
+        elif s == "sparse":
+            self.weights = nnx.Param(jax.random.normal(ks[0], (di, n, n)) * scale / math.sqrt(n))
+            self.mask = nnx.Variable(jax.random.bernoulli(ks[1], 0.25, (n, n)).astype(jnp.float32))
+        elif s == "dplr":
+            r = cfg.rank
+            self.weights = nnx.Param(jax.random.normal(ks[0], (di, n)) * scale)
+            self.u = nnx.Param(jax.random.normal(ks[1], (di, n, r)) * scale / math.sqrt(r))
+            self.v = nnx.Param(jax.random.normal(ks[2], (di, n, r)) / math.sqrt(n))
+        else:
+            raise ValueError(
+                f"unknown SLiCE structure {s!r}; valid: diagonal, block_diagonal, sparse, "
+                "walsh_hadamard, dplr, dense"
+            )
+
+    def _weights(self):
+        s = self.structure
+        if s == "sparse":
+            return (self.weights[...], self.mask[...])
+        if s == "dplr":
+            return (self.weights[...], self.u[...], self.v[...])
+        return self.weights[...]
+
+    def _drive(self, x):
+        return jnp.tanh(self.x_proj(x).astype(jnp.float32)), self.b_proj(x).astype(jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xi, b = self._drive(x)
+        h = ops.structured_recurrence(
+            xi, self._weights(), b, structure=self.structure,
+            implementation=self.cfg.implementation, chunk_size=self.cfg.chunk_size,
+            **parallel.axis_kwargs(),  # [parallel] time sharding
+        )
+        return self.out_proj(h.astype(x.dtype))
+
+    def init_state(self, batch: int, max_len: int = 0):
+        return jnp.zeros((batch, self.n), jnp.float32)
+
+    def step(self, x: jax.Array, state):
+        xi, b = self._drive(x)
+        h = ops.structured_recurrence_step(xi, self._weights(), b, state, structure=self.structure)
+        return self.out_proj(h.astype(x.dtype)), h
+
+
+# ------------------------------------------------------------------------------------------
+# Baselines
+# ------------------------------------------------------------------------------------------
+class LSTMMixer(nnx.Module):
+    """A (nonlinear, sequential) LSTM layer: the ceiling on regular languages."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D = cfg.d_model
+        self.D = D
+        self.wx = nnx.Linear(D, 4 * D, dtype=cfg.compute_dtype, rngs=rngs)
+        self.wh = nnx.Linear(D, 4 * D, use_bias=False, dtype=cfg.compute_dtype, rngs=rngs)
+        # forget-gate bias 1
+        self.wx.bias = nnx.Param(jnp.zeros((4 * D,)).at[D : 2 * D].set(1.0))
+
+    def _cell(self, gx, carry):
+        h, c = carry
+        g = (gx + self.wh(h.astype(gx.dtype))).astype(jnp.float32)
+        i, f, o, u = jnp.split(g, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(u)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, c
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _no_sequence_axis("lstm")  # [parallel]
+        gx = self.wx(x)  # [B, T, 4D]
+        carry0 = self.init_state(x.shape[0])
+
+        def body(carry, g):
+            carry = self._cell(g, carry)
+            return carry, carry[0]
+
+        _, hs = jax.lax.scan(body, carry0, jnp.swapaxes(gx, 0, 1))
+        return jnp.swapaxes(hs, 0, 1).astype(x.dtype)
+
+    def init_state(self, batch: int, max_len: int = 0):
+        z = jnp.zeros((batch, self.D), jnp.float32)
+        return (z, z)
+
+    def step(self, x: jax.Array, state):
+        h, c = self._cell(self.wx(x), state)
+        return h.astype(x.dtype), (h, c)
+
+
+class AttentionMixer(nnx.Module):
+    """Causal multi-head softmax attention with rotary position embeddings."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        D, H, dh = cfg.d_model, cfg.heads, _heads(cfg)
+        self.H, self.dh = H, dh
+        self.qkv = nnx.Linear(D, 3 * D, use_bias=False, dtype=cfg.compute_dtype, rngs=rngs)
+        self.out_proj = nnx.Linear(D, D, use_bias=False, dtype=cfg.compute_dtype, rngs=rngs)
+
+    def _qkv(self, x, positions):
+        shp = x.shape[:-1] + (self.H, self.dh)
+        q, k, v = (t.reshape(shp) for t in jnp.split(self.qkv(x), 3, axis=-1))
+        return rope(q, positions), rope(k, positions), v
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _no_sequence_axis("transformer")  # [parallel]
+        B, T, D = x.shape
+        q, k, v = self._qkv(x, jnp.arange(T))
+        s = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * self.dh**-0.5
+        causal = jnp.tril(jnp.ones((T, T), bool))
+        p = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
+        o = jnp.einsum("bhts,bshd->bthd", p.astype(v.dtype), v)
+        return self.out_proj(o.reshape(B, T, D))
+
+    def init_state(self, batch: int, max_len: int):
+        if max_len < 1:
+            raise ValueError("the attention mixer needs max_len >= 1 for its KV cache")
+        z = jnp.zeros((batch, max_len, self.H, self.dh), jnp.float32)
+        return {"k": z, "v": z, "pos": jnp.zeros((), jnp.int32)}
+
+    def step(self, x: jax.Array, state):
+        B, D = x.shape
+        pos = state["pos"]
+        q, k, v = self._qkv(x[:, None], pos[None])
+        kc = jax.lax.dynamic_update_slice_in_dim(state["k"], k.astype(jnp.float32), pos, axis=1)
+        vc = jax.lax.dynamic_update_slice_in_dim(state["v"], v.astype(jnp.float32), pos, axis=1)
+        s = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), kc) * self.dh**-0.5
+        valid = jnp.arange(kc.shape[1]) <= pos
+        p = jax.nn.softmax(jnp.where(valid, s, -jnp.inf), axis=-1)
+        o = jnp.einsum("bhts,bshd->bthd", p, vc).astype(x.dtype)
+        return self.out_proj(o.reshape(B, D)), {"k": kc, "v": vc, "pos": pos + 1}
+
+
+def _deltanet(cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.n_h != 1:
+        raise ValueError(f"deltanet has n_h = 1 (got n_h={cfg.n_h}); use --model deltaproduct")
+    return DeltaProductMixer(cfg, rngs=rngs)
+
+
+# Mixer name -> constructor(cfg, *, rngs).
+MIXERS = {
+    "diagonal": DiagonalMixer,
+    "gla": GLAMixer,
+    "deltanet": _deltanet,
+    "deltaproduct": DeltaProductMixer,
+    "slice": SliceMixer,
+    "lstm": LSTMMixer,
+    "transformer": AttentionMixer,
+}

@@ -1,0 +1,97 @@
+"""Pre-norm residual blocks and the sequence model (embedding -> blocks -> norm -> head)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lrnn.nn.config import ModelConfig
+from lrnn.nn.layers import GatedMLP
+from lrnn.nn.mixers import MIXERS
+
+__all__ = ["Block", "SequenceModel", "make_mixer"]
+
+
+def make_mixer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The mixer called ``cfg.mixer``; unknown names raise listing the valid ones."""
+    if cfg.mixer not in MIXERS:
+        raise ValueError(f"unknown mixer {cfg.mixer!r}; valid mixers: {', '.join(sorted(MIXERS))}")
+    return MIXERS[cfg.mixer](cfg, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (gated MLP; omitted if mlp_ratio = 0)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dt = cfg.compute_dtype
+        self.norm1 = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+        self.mixer = make_mixer(cfg, rngs=rngs)
+        if cfg.mlp_ratio:
+            self.norm2 = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+            self.mlp = GatedMLP(cfg.d_model, cfg.mlp_ratio * cfg.d_model, rngs=rngs, dtype=dt)
+        else:
+            self.norm2 = self.mlp = None
+
+    def _mlp(self, x):
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: ``[B, T, D]`` -> ``[B, T, D]``."""
+        return self._mlp(x + self.mixer(self.norm1(x)).astype(x.dtype))
+
+    def step(self, x: jax.Array, state):
+        """x: ``[B, D]`` -> (``[B, D]``, state)."""
+        y, state = self.mixer.step(self.norm1(x), state)
+        return self._mlp(x + y.astype(x.dtype)), state
+
+
+class SequenceModel(nnx.Module):
+    """Token classifier at every position: ``[B, T]`` ids -> logits ``[B, T, num_classes]``.
+
+    Args:
+      cfg: the model configuration (mixer by name, widths, eigenvalue range, ...).
+      vocab_size: number of input token ids.
+      num_classes: number of output classes.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, num_classes: int, *, rngs: nnx.Rngs):
+        dt = cfg.compute_dtype
+        self.cfg = cfg
+        self.embed = nnx.Embed(vocab_size, cfg.d_model, dtype=dt, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.layers)])
+        self.norm = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
+        self.head = nnx.Linear(cfg.d_model, num_classes, dtype=dt, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: ``[B, T]`` int -> logits ``[B, T, C]`` (float32)."""
+        x = self.embed(tokens)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)).astype(jnp.float32)
+
+    def mixer_inputs(self, tokens: jax.Array) -> list[jax.Array]:
+        """The normalised input each block's mixer sees, ``[B, T, D]`` per layer."""
+        x, out = self.embed(tokens), []
+        for blk in self.blocks:
+            out.append(blk.norm1(x))
+            x = blk(x)
+        return out
+
+    def eigenvalues(self, tokens: jax.Array) -> list[jax.Array]:
+        """Per-layer transition eigenvalues per token (mixers that define ``eigenvalues``)."""
+        xs = self.mixer_inputs(tokens)
+        return [blk.mixer.eigenvalues(x) for blk, x in zip(self.blocks, xs)]
+
+    def init_state(self, batch: int, max_len: int = 0):
+        """Decoding state of every layer (``max_len`` sizes the attention KV cache)."""
+        return [blk.mixer.init_state(batch, max_len) for blk in self.blocks]
+
+    def step(self, tokens: jax.Array, state):
+        """One token per sequence: ``[B]`` ids -> (logits ``[B, C]``, state)."""
+        x = self.embed(tokens)
+        new = []
+        for blk, s in zip(self.blocks, state):
+            x, s = blk.step(x, s)
+            new.append(s)
+        return self.head(self.norm(x)).astype(jnp.float32), new

@@ -1,0 +1,49 @@
+"""The op layer: one function per recurrence, several interchangeable implementations.
+
+Every op takes ``implementation=`` in "sequential" (``lax.scan`` over tokens: the reference),
+"scan" (``lrnn.scan`` over per-token ``Affine`` elements), "chunked" (pure-JAX chunkwise
+form), "pallas" (``pallas_kernels``) and "auto" ("pallas" on GPU/TPU when the kernel exists,
+else "chunked"). Each op has a single-token ``*_step`` for decoding whose repeated use equals
+the whole sequence, and a ``*_summary`` giving the whole sequence as one monoid element
+(used by sequence parallelism).
+"""
+
+from lrnn.ops import reference
+from lrnn.ops._common import IMPLEMENTATIONS
+from lrnn.ops.delta import (
+    delta_product,
+    delta_product_step,
+    delta_rule,
+    delta_rule_step,
+    delta_summary,
+)
+from lrnn.ops.gla import gated_linear_attention, gated_linear_attention_step, gla_summary
+from lrnn.ops.linear_recurrence import (
+    linear_recurrence,
+    linear_recurrence_step,
+    linear_recurrence_summary,
+)
+from lrnn.ops.structured import (
+    structured_recurrence,
+    structured_recurrence_step,
+    structured_summary,
+)
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "linear_recurrence",
+    "linear_recurrence_step",
+    "linear_recurrence_summary",
+    "gated_linear_attention",
+    "gated_linear_attention_step",
+    "gla_summary",
+    "delta_product",
+    "delta_product_step",
+    "delta_rule",
+    "delta_rule_step",
+    "delta_summary",
+    "structured_recurrence",
+    "structured_recurrence_step",
+    "structured_summary",
+    "reference",
+]

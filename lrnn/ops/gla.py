@@ -1,0 +1,276 @@
+"""Gated linear attention: ``S_t = diag(g_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
+
+Gates are per head (``[B, T, H]``) or per key (``[B, T, H, dk]``) with values in [-1, 1];
+negative gates (negative eigenvalues) work in every implementation.
+
+Chunkwise form (``implementation="chunked"``), per chunk of C tokens with entering state
+``S_in``, ``P_t = prod_{r<=t} g_r`` (from the chunk start) and ``D_s = prod_{s<r<C} g_r``:
+
+- summary (a DIAGONAL element): ``A_c = P_{C-1}``, ``b_c = sum_s (D_s * k_s) v_s^T``;
+- read-out: ``o_t = (P_t * q_t)^T S_in + sum_{s<=t} (q_t . (prod_{s<r<=t} g_r) k_s) v_s``.
+
+All gate products come from :mod:`lrnn.ops._common` (log space, sign apart, range sums by
+masked cumulative sums). Per-key gates form the ``[C, C, dk]`` decay tensor per chunk; the
+chunk-local work runs under ``jax.checkpoint`` so the backward pass recomputes it rather
+than storing it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lrnn.monoid import DIAGONAL, Affine
+from lrnn.monoid import scan as monoid_scan
+from lrnn.ops import _common as c
+
+__all__ = ["gated_linear_attention", "gated_linear_attention_step", "gla_summary"]
+
+_OP = "gated_linear_attention"
+
+
+def _validate(q, k, v, gate, initial_state, op=_OP, need_q=True):
+    k = c.as_float(k, "k", op)
+    c.check_shape(k, (None, None, None, None), "k", op, "[B, T, H, dk]")
+    B, T, H, dk = k.shape
+    if need_q:
+        q = c.as_float(q, "q", op)
+        c.check_shape(q, k.shape, "q", op, "[B, T, H, dk] like k")
+    v = c.as_float(v, "v", op)
+    c.check_shape(v, (B, T, H, None), "v", op, "[B, T, H, dv]")
+    gate = c.as_float(gate, "gate", op)
+    if gate.ndim == 3:
+        c.check_shape(gate, (B, T, H), "gate", op, "[B, T, H] (per head)")
+    else:
+        c.check_shape(gate, (B, T, H, dk), "gate", op, "[B, T, H] or [B, T, H, dk] (per key)")
+    if initial_state is not None:
+        initial_state = c.as_float(initial_state, "initial_state", op)
+        c.check_shape(initial_state, (B, H, dk, v.shape[-1]), "initial_state", op,
+                      "[B, H, dk, dv]")
+    return q, k, v, gate, initial_state
+
+
+# ------------------------------------------------------------------------------------------
+# sequential / step
+# ------------------------------------------------------------------------------------------
+def _token(S, q, k, v, g):
+    """One token. S [B, H, dk, dv]; q, k [B, H, dk]; v [B, H, dv]; g [B, H] or [B, H, dk]."""
+    g = g[..., None] if g.ndim == k.ndim else g[..., None, None]
+    S = g * S + k[..., :, None] * v[..., None, :]
+    o = c.einsum("bhk,bhkv->bhv", q, S)
+    return S, o
+
+
+def _sequential(q, k, v, gate, S0):
+    def step(S, x):
+        return _token(S, *x)
+
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, gate))
+    S, o = lax.scan(step, S0, xs)
+    return jnp.moveaxis(o, 0, 1), S
+
+
+def _scan(q, k, v, gate, S0):
+    A = gate if gate.ndim == 4 else jnp.broadcast_to(gate[..., None], k.shape)
+    b = k[..., :, None] * v[..., None, :]  # [B, T, H, dk, dv]
+    S = monoid_scan(DIAGONAL, Affine(A, b), S0, axis=1)
+    o = c.einsum("bthk,bthkv->bthv", q, S)
+    return o, S[:, -1]
+
+
+# ------------------------------------------------------------------------------------------
+# chunked
+# ------------------------------------------------------------------------------------------
+def _chunk_layout(x, C, value=0.0):
+    """``[B, T, H, ...] -> [B, H, N, C, ...]``."""
+    x = c.to_chunks(x, C, value)  # [B, N, C, H, ...]
+    return jnp.moveaxis(x, 3, 1)
+
+
+def _log_gates(gate, C):
+    """log|g| and [g < 0] in chunk layout: ``[B, H, N, C]`` or ``[B, H, N, dk, C]``."""
+    g = _chunk_layout(gate, C, 1.0)
+    if g.ndim == 5:  # per key: [B, H, N, C, dk] -> [B, H, N, dk, C]
+        g = jnp.moveaxis(g, -1, -2)
+    return c.log_sign(g)
+
+
+def _summaries(k, v, f, neg):
+    """Chunk summaries from chunk-layout k [B,H,N,C,dk], v [B,H,N,C,dv] and log gates."""
+    P_last = c.prefix_decay(f, neg)[..., -1]  # [B,H,N] or [B,H,N,dk]
+    D = c.suffix_decay(f, neg)  # [B,H,N,C] or [B,H,N,dk,C]
+    if f.ndim == 4:
+        A = jnp.broadcast_to(P_last[..., None], k.shape[:3] + k.shape[-1:])
+        kd = k * D[..., None]
+    else:
+        A = P_last
+        kd = k * jnp.swapaxes(D, -1, -2)
+    return Affine(A, c.einsum("bhnsk,bhnsv->bhnkv", kd, v))
+
+
+def _readout(q, k, v, f, neg):
+    """Per chunk: ``(Qeff [B,H,N,C,dk], Oin [B,H,N,C,dv])``, o = Qeff S_in + Oin."""
+    P = c.prefix_decay(f, neg)
+    Dec = c.segment_decay(f, neg)  # [B,H,N,C,C] or [B,H,N,dk,C,C]
+    if f.ndim == 4:
+        attn = c.einsum("bhntk,bhnsk->bhnts", q, k) * Dec
+        qeff = q * P[..., None]
+    else:
+        attn = c.einsum("bhntk,bhnsk,bhnkts->bhnts", q, k, Dec)
+        qeff = q * jnp.swapaxes(P, -1, -2)
+    return qeff, c.einsum("bhnts,bhnsv->bhntv", attn, v)
+
+
+def _chunk_phase(q, k, v, gate, C):
+    f, neg = _log_gates(gate, C)
+    qc, kc, vc = (_chunk_layout(x, C) for x in (q, k, v))
+    return _summaries(kc, vc, f, neg), _readout(qc, kc, vc, f, neg)
+
+
+def _chunked(q, k, v, gate, S0, C, chunk_combine):
+    B, T, H, _ = q.shape
+    summaries, (qeff, oin) = jax.checkpoint(functools.partial(_chunk_phase, C=C))(
+        q, k, v, gate
+    )
+    S_in, S_final = c.combine_chunks(DIAGONAL, summaries, S0, axis=2,
+                                     chunk_combine=chunk_combine)
+    o = c.einsum("bhntk,bhnkv->bhntv", qeff, S_in) + oin  # [B, H, N, C, dv]
+    N = o.shape[2]
+    o = jnp.moveaxis(o, 1, 3).reshape(B, N * C, H, -1)[:, :T]
+    return o, S_final
+
+
+def gla_summary(k, v, gate, *, chunk_size: int = 64) -> Affine:
+    """The whole sequence as one DIAGONAL element over the ``[dk, dv]`` state.
+
+    Args:
+      k: ``[B, T, H, dk]``.
+      v: ``[B, T, H, dv]``.
+      gate: ``[B, T, H]`` or ``[B, T, H, dk]``.
+      chunk_size: chunk length of the pass that computes it.
+
+    Returns:
+      ``Affine(A [B, H, dk], b [B, H, dk, dv])``: ``A = prod_t g_t`` (per-head gates
+      broadcast over dk), ``b`` the final state from a zero initial state; at least float32.
+    """
+    op = "gla_summary"
+    _, k, v, gate, _ = _validate(None, k, v, gate, None, op, need_q=False)
+    C = min(c.check_positive_int(chunk_size, "chunk_size", op), k.shape[1])
+    dt = c.calc_dtype(k, v, gate)
+    f, neg = _log_gates(gate.astype(dt), C)
+    kc, vc = _chunk_layout(k.astype(dt), C), _chunk_layout(v.astype(dt), C)
+    return c.fold_chunks(DIAGONAL, _summaries(kc, vc, f, neg), axis=2)
+
+
+# ------------------------------------------------------------------------------------------
+# public
+# ------------------------------------------------------------------------------------------
+def gated_linear_attention(
+    q,
+    k,
+    v,
+    gate,
+    *,
+    initial_state=None,
+    scale: float = 1.0,
+    chunk_size: int = 64,
+    implementation: str = "auto",
+    chunk_combine: str = "loop",
+    axis_name=None,
+    exchange: str = "all_gather",
+):
+    """Gated linear attention with per-head or per-key gates (negative gates allowed).
+
+    ``S_t = diag(g_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
+
+    Args:
+      q: ``[B, T, H, dk]`` queries (not scaled implicitly).
+      k: ``[B, T, H, dk]`` keys.
+      v: ``[B, T, H, dv]`` values.
+      gate: ``[B, T, H]`` (per head) or ``[B, T, H, dk]`` (per key), values in [-1, 1].
+      initial_state: ``[B, H, dk, dv]``; zeros if None.
+      scale: multiplies q.
+      chunk_size: tokens per chunk of the chunked form (positive int). Per-key gates build
+        a ``[C, C, dk]`` decay tensor per chunk: there ``chunk_size=16`` is the fastest on
+        CPU (benchmarks/ops_cpu.md).
+      implementation: "sequential" | "scan" | "chunked" | "pallas" | "auto".
+      chunk_combine: chunked form across chunks: "loop" (``lax.scan``) or "scan"
+        (``lrnn.scan``).
+      axis_name: set inside ``jax.shard_map`` with the time axis sharded over this mesh axis.
+      exchange: how shard summaries are exchanged (see ``lrnn.parallel``).
+
+    Returns:
+      ``(o [B, T, H, dv], final_state [B, H, dk, dv])``: o in the inputs' dtype, the final
+      state in at least float32.
+    """
+    q, k, v, gate, S0 = _validate(q, k, v, gate, initial_state)
+    impl = c.resolve_implementation(implementation, _OP, "gated_linear_attention")
+    c.check_positive_int(chunk_size, "chunk_size", _OP)
+    c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    c.check_scale(scale, _OP)
+    out_dt = c.out_dtype(q, k, v)
+    dt = c.calc_dtype(q, k, v, gate, S0)
+    h_final = None
+    if axis_name is not None:
+        summary = gla_summary(k, v, gate, chunk_size=chunk_size)
+        z = jnp.zeros(summary.b.shape, dt) if S0 is None else S0.astype(dt)
+        S0, h_final = c.shard_prefix(DIAGONAL, summary, z, axis_name=axis_name,
+                                     exchange=exchange)
+    if impl == "pallas":
+        fn = c.pallas_fn("gated_linear_attention", _OP)
+        o, S = fn(q, k, v, gate, initial_state=S0, scale=scale, chunk_size=chunk_size,
+                  interpret=None)
+        return o, (S if h_final is None else h_final)
+    B, T, H, dk = k.shape
+    S0 = jnp.zeros((B, H, dk, v.shape[-1]), dt) if S0 is None else S0.astype(dt)
+    qs = q.astype(dt) * scale
+    k, v, gate = k.astype(dt), v.astype(dt), gate.astype(dt)
+    if impl == "sequential":
+        o, S = _sequential(qs, k, v, gate, S0)
+    elif impl == "scan":
+        o, S = _scan(qs, k, v, gate, S0)
+    else:
+        o, S = _chunked(qs, k, v, gate, S0, min(chunk_size, T), chunk_combine)
+    return o.astype(out_dt), (S if h_final is None else h_final)
+
+
+def gated_linear_attention_step(q, k, v, gate, *, state=None, scale: float = 1.0):
+    """One token of gated linear attention (decoding); repeated use equals the sequence.
+
+    Args:
+      q: ``[B, H, dk]``.
+      k: ``[B, H, dk]``.
+      v: ``[B, H, dv]``.
+      gate: ``[B, H]`` or ``[B, H, dk]``.
+      state: ``[B, H, dk, dv]`` the previous state; zeros if None.
+      scale: multiplies q.
+
+    Returns:
+      ``(o [B, H, dv] in the inputs' dtype, new state [B, H, dk, dv] in at least float32)``.
+    """
+    op = "gated_linear_attention_step"
+    k = c.as_float(k, "k", op)
+    c.check_shape(k, (None, None, None), "k", op, "[B, H, dk]")
+    B, H, dk = k.shape
+    q = c.as_float(q, "q", op)
+    c.check_shape(q, k.shape, "q", op, "[B, H, dk] like k")
+    v = c.as_float(v, "v", op)
+    c.check_shape(v, (B, H, None), "v", op, "[B, H, dv]")
+    gate = c.as_float(gate, "gate", op)
+    if gate.ndim == 2:
+        c.check_shape(gate, (B, H), "gate", op, "[B, H] (per head)")
+    else:
+        c.check_shape(gate, (B, H, dk), "gate", op, "[B, H] or [B, H, dk] (per key)")
+    c.check_scale(scale, op)
+    dt = c.calc_dtype(q, k, v, gate, state)
+    if state is None:
+        state = jnp.zeros((B, H, dk, v.shape[-1]), dt)
+    else:
+        state = c.as_float(state, "state", op)
+        c.check_shape(state, (B, H, dk, v.shape[-1]), "state", op, "[B, H, dk, dv]")
+    S, o = _token(state.astype(dt), q.astype(dt) * scale, k.astype(dt), v.astype(dt),
+                  gate.astype(dt))
+    return o.astype(c.out_dtype(q, k, v)), S
