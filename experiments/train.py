@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -231,24 +232,26 @@ def train(cfg: Config, *, stop_at: int | None = None):
     if seq_size(mesh) > 1 and task.kind != "tokens":  # [parallel]
         raise ValueError(f"--mesh seq=...: sequence sharding needs a token task; {task.name!r} "
                          f"is {task.kind!r}")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    lead = jax.process_index() == 0  # multi-host: one process writes logs; all checkpoint
+    if lead:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
     graphdef, rest, state, tx, schedule = init_state(cfg, task, mesh)
     state, start = restore_latest(out, state, cfg.keep_checkpoints)
     metrics_path = out / "metrics.jsonl"
-    t_offset = _truncate_metrics(metrics_path, start)
+    t_offset = _truncate_metrics(metrics_path, start) if lead else 0.0
     step_fn = make_train_step(cfg, task, graphdef, tx, schedule, mesh)
     data_key = jax.random.key(cfg.seed + 1)
     mngr = _manager(out, cfg.keep_checkpoints)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress,
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead),
                desc=f"{cfg.task}/{cfg.model}")
     window: list[dict] = []
     t0 = time.perf_counter()
     try:
-        with open(metrics_path, "a") as mf:
+        with open(metrics_path if lead else os.devnull, "a") as mf:
             for i in range(start, cfg.steps):
                 state, m = step_fn(state, rest, data_key)
                 window.append(m)
@@ -375,6 +378,8 @@ def run(cfg: Config, *, stop_at: int | None = None) -> dict | None:
                             batch=cfg.eval_batch, seed=cfg.seed, progress=cfg.progress)
     summary = eval_summary(lengths, accs, task.chance)
     out = Path(cfg.out)
+    if jax.process_index() != 0:
+        return summary
     (out / "eval.json").write_text(json.dumps(summary) + "\n")
     plot_eval(summary, task, out / "eval.png", title=f"{cfg.task} / {cfg.model} ({cfg.eigen}): "
               f"mean {summary['mean_accuracy']:.3f}")
