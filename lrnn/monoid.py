@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lrnn import _compat
+
 __all__ = [
     "Affine",
     "Monoid",
@@ -368,7 +370,7 @@ def compose(monoid: Monoid, elems: Affine, *, axis: int = 0, reverse: bool = Fal
 def _associative(monoid: Monoid, elems: Affine, axis: int, reverse: bool) -> Affine:
     # jax.lax.associative_scan calls fn(a, b) with a the element processed first (earlier in
     # time when reverse=False, later in time when reverse=True): exactly combine(earlier, later).
-    return lax.associative_scan(monoid.combine, elems, reverse=reverse, axis=axis)
+    return _compat.associative_scan(monoid.combine, elems, reverse=reverse, axis=axis)
 
 
 def scan(

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lrnn import _compat
 from lrnn.monoid import DIAGONAL, Affine
 from lrnn.monoid import scan as monoid_scan
 from lrnn.ops import _common as c
@@ -49,7 +50,7 @@ def _chunk_local(a, b, C):
     """
     ac = c.to_chunks(a, C, 1.0)
     bc = c.to_chunks(b, C, 0.0)
-    P, h = lax.associative_scan(DIAGONAL.combine, Affine(ac, bc), axis=2)
+    P, h = _compat.associative_scan(DIAGONAL.combine, Affine(ac, bc), axis=2)
     return P, h
 
 

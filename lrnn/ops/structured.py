@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lrnn import transitions
+from lrnn import _compat, transitions
 from lrnn.monoid import Affine, Monoid
 from lrnn.monoid import scan as monoid_scan
 from lrnn.ops import _common as c
@@ -106,7 +106,7 @@ def _chunk_local(monoid, elems, C):
     b = c.pad_time(elems.b, N * C)
     A = A.reshape(B, N, C, *A.shape[2:])
     b = b.reshape(B, N, C, *b.shape[2:])
-    return lax.associative_scan(monoid.combine, Affine(A, b), axis=2)
+    return _compat.associative_scan(monoid.combine, Affine(A, b), axis=2)
 
 
 def _chunked(monoid, elems, h0, C, chunk_combine):
