@@ -71,12 +71,13 @@ def fla_worker(path_in, path_out):
     np.savez(path_out, **{n: t.float().detach().cpu().numpy() for n, t in out.items()})
 
 
-def fla_bench(shapes, reps):
+def fla_bench(shapes, reps, ops=("deltanet", "gla")):
     import torch
     import triton
 
     rows = []
-    for op in ("deltanet", "gla"):
+    t_start = time.time()
+    for op in ops:
         fn = _fla_fn(op)
         for B, T, H, D in shapes:
             torch.manual_seed(0)
@@ -94,8 +95,11 @@ def fla_bench(shapes, reps):
             scale = D ** -0.5
             f_fwd = lambda fn=fn, a=(q, k, v, x, scale): fn(*a)
             f_bwd = lambda fn=fn, a=(q, k, v, x, scale), do=do: fn(*a)[0].backward(do)
+            print(f"fla {op} {B, T, H, D}: first calls (autotune) ...", file=sys.stderr, flush=True)
             f_fwd(), f_bwd()
             torch.cuda.synchronize()
+            print(f"fla {op}: autotuned at {time.time() - t_start:.0f} s", file=sys.stderr,
+                  flush=True)
             torch.cuda.reset_peak_memory_stats()
             f_bwd()
             torch.cuda.synchronize()
@@ -103,6 +107,7 @@ def fla_bench(shapes, reps):
             t_f = triton.testing.do_bench(f_fwd, warmup=25, rep=reps, return_mode="median")
             t_b = triton.testing.do_bench(f_bwd, warmup=25, rep=reps, return_mode="median")
             rows.append(dict(op=op, shape=[B, T, H, D], fwd=t_f, fwdbwd=t_b, peak=peak))
+            print("FLAROW " + json.dumps(rows[-1]), flush=True)
     return dict(rows=rows, torch=torch.__version__, triton=triton.__version__)
 
 
@@ -154,14 +159,16 @@ def _ours(kind, impl):
     from lrnn import ops
 
     def f(*xs):
-        if impl == "pallas-pre":  # delta kernels with the chunk-parallel inverse precompute
+        # "pallas" is lrnn.ops' pallas path (defaults: for bf16 the chunk-parallel inverse
+        # precompute / the split intra-block kernels); these two rows switch those off.
+        if impl == "pallas-inloop":  # delta kernels: (I + A)^{-1} inside the sequential loop
             q, k, v, beta, g = xs
             return pk.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
-                                    precompute_inverse=True)[0]
-        if kind == "gla" and impl == "pallas-split":
+                                    precompute_inverse=False)[0]
+        if kind == "gla" and impl == "pallas-fused":  # intra-block work on the sequential path
             q, k, v, g = xs
             return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
-                                             split_intra=True)[0]
+                                             split_intra=False)[0]
         if kind == "gla":
             q, k, v, g = xs
             return ops.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
@@ -266,6 +273,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--fla", action="store_true", help="also run fla (subprocess) first")
     ap.add_argument("--quick", action="store_true", help="first shape only")
+    ap.add_argument("--fla-ops", default="deltanet,gla", help="fla-bench: ops to time")
     ap.add_argument("--no-chunked", action="store_true",
                     help="skip the XLA chunked rows (their compile is slow at these shapes)")
     a = ap.parse_args()
@@ -281,7 +289,7 @@ def main():
                 json.dump(diag, fh)
         return
     if a.mode == "fla-bench":
-        res = fla_bench(shapes, 100)
+        res = fla_bench(shapes, 100, tuple(a.fla_ops.split(",")))
         if a.fla_json:
             with open(a.fla_json, "w") as fh:
                 json.dump(res, fh)
@@ -324,10 +332,9 @@ def main():
         for impl in impls:
             run("deltanet", "delta", impl, shape)
             run("gla", "gla", impl, shape)
-        run("deltanet", "delta", "pallas-pre", shape)
-        run("gla", "gla", "pallas-split", shape)
+        run("deltanet", "delta", "pallas-inloop", shape)
+        run("gla", "gla", "pallas-fused", shape)
         run("gated_deltanet", "gated", "pallas", shape)
-        run("gated_deltanet", "gated", "pallas-pre", shape)
         run("deltaproduct_nh2", "delta", "pallas", shape, n_h=2)
         run("deltaproduct_nh3", "delta", "pallas", shape, n_h=3)
     diag = bench_diag(a.reps)
