@@ -159,7 +159,24 @@ def log_sign(g: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _parity_sign(count: jax.Array, dtype) -> jax.Array:
+    """``(-1)^count`` for integer-valued ``count`` (int, or float holding exact integers)."""
     return (1 - 2 * (count % 2)).astype(dtype)
+
+
+def chunk_cumsum(x: jax.Array, axis: int = -1, *, reverse: bool = False) -> jax.Array:
+    """Inclusive cumulative sum along a (short, chunk-sized) axis, as a matmul.
+
+    ``jnp.cumsum`` lowers to a ``reduce_window`` that XLA runs slowly on CPU for the
+    ``[..., L]`` and ``[..., L, L]`` chunk tensors (about 4x slower than this product with a
+    triangular matrix of ones; on GPU/TPU the product runs on the matrix units). Computed in
+    float32 at HIGHEST precision (exact for integer counts below 2^24); float inputs keep their
+    dtype, integer inputs come back as float32.
+    """
+    dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    x = jnp.moveaxis(x.astype(dt), axis, -1)
+    L = x.shape[-1]
+    tri = jnp.tril(jnp.ones((L, L), dt)) if reverse else jnp.triu(jnp.ones((L, L), dt))
+    return jnp.moveaxis(einsum("...s,st->...t", x, tri), -1, axis)
 
 
 def segment_decay(f: jax.Array, neg: jax.Array) -> jax.Array:
@@ -178,7 +195,7 @@ def segment_decay(f: jax.Array, neg: jax.Array) -> jax.Array:
       exponent, i.e. a relative error ``eps |sum_chunk log|g||``. The gradient is formed
       without differences (see :func:`_segment_decay_bwd`).
     """
-    sigma = _parity_sign(jnp.cumsum(neg, axis=-1), f.dtype)  # sign of prod_{r<=t} g_r
+    sigma = _parity_sign(chunk_cumsum(neg), f.dtype)  # sign of prod_{r<=t} g_r
     return _segment_decay(f, sigma[..., :, None] * sigma[..., None, :])
 
 
@@ -190,7 +207,7 @@ def _causal(L: int, k: int = 0) -> jax.Array:
 def _segment_decay(f, sign):
     L = f.shape[-1]
     causal = _causal(L)
-    F = jnp.cumsum(f, axis=-1)
+    F = chunk_cumsum(f)
     logd = jnp.where(causal, F[..., :, None] - F[..., None, :], 0.0)
     return jnp.where(causal, sign * jnp.exp(logd), 0.0)
 
@@ -209,7 +226,7 @@ def _segment_decay_bwd(res, dD):
     D, sign = res
     L = D.shape[-1]
     E = jnp.where(_causal(L, -1), dD * D, 0.0)  # the diagonal (empty span) has no f
-    below = jnp.flip(jnp.cumsum(jnp.flip(E, -2), axis=-2), -2)  # [r, s] = sum_{t>=r} E[t, s]
+    below = chunk_cumsum(E, -2, reverse=True)  # [r, s] = sum_{t>=r} E[t, s]
     df = jnp.sum(jnp.where(_causal(L, -1), below, 0.0), axis=-1)  # sum over s < r
     return df, jnp.zeros_like(sign)
 
@@ -219,41 +236,50 @@ _segment_decay.defvjp(_segment_decay_fwd, _segment_decay_bwd)
 
 def prefix_decay(f: jax.Array, neg: jax.Array) -> jax.Array:
     """``P[..., t] = prod_{r<=t} g_r`` (inclusive), ``[..., L]``."""
-    return _parity_sign(jnp.cumsum(neg, axis=-1), f.dtype) * jnp.exp(jnp.cumsum(f, axis=-1))
+    return _parity_sign(chunk_cumsum(neg), f.dtype) * jnp.exp(chunk_cumsum(f))
 
 
 def suffix_decay(f: jax.Array, neg: jax.Array) -> jax.Array:
     """``S[..., s] = prod_{s<r<L} g_r`` (exclusive: the decay from s to the chunk end)."""
 
     def rev_excl(x):
-        c = jnp.flip(jnp.cumsum(jnp.flip(x, -1), axis=-1), -1)  # inclusive suffix sums
+        c = chunk_cumsum(x, reverse=True)  # inclusive suffix sums
         pad = jnp.zeros_like(c[..., :1])
         return jnp.concatenate([c[..., 1:], pad], axis=-1)
 
     return _parity_sign(rev_excl(neg), f.dtype) * jnp.exp(rev_excl(f))
 
 
-def unit_lower_inverse(M: jax.Array) -> jax.Array:
-    """``(I + M)^{-1}`` for strictly lower-triangular ``M [..., L, L]``, by block recursion.
+_INV_BASE = 8  # diagonal blocks inverted by substitution; larger blocks merged by matmuls
 
-    Inverts the diagonal blocks of size 1, 2, 4, ... pairwise,
+
+def unit_lower_inverse(M: jax.Array) -> jax.Array:
+    """``(I + M)^{-1}`` for strictly lower-triangular ``M [..., L, L]``.
+
+    The diagonal blocks of size 8 are inverted by row-by-row forward substitution
+    (``X_i = e_i - sum_{j<i} M_ij X_j``, unrolled, one batched vector-matrix product per row),
+    then merged pairwise into blocks of 16, 32, ...,
     ``[[X1, 0], [A21, X2]]^{-1} = [[X1^{-1}, 0], [-X2^{-1} A21 X1^{-1}, X2^{-1}]]``:
-    ``log2 L`` levels of batched matmuls (``L`` is padded to a power of two with identity),
-    differentiable by autodiff. Much faster than a batched triangular solve on CPU and as
-    parallel as a matmul elsewhere.
+    ``log2(L / 8)`` levels of batched matmuls (``L`` is padded with identity to 8 times a
+    power of two). Exact up to rounding, differentiable by autodiff. On CPU this is 3-4x
+    faster than merging from 1x1 blocks (tiny batched matmuls are slow there) and much
+    faster than a batched triangular solve; elsewhere it is as parallel as a matmul.
     """
     L = M.shape[-1]
-    P = 1 << max(L - 1, 0).bit_length()
+    base = min(_INV_BASE, L)
+    P = base << max((-(-L // base)) - 1, 0).bit_length()  # base * 2^k >= L
     if P != L:
         M = jnp.pad(M, [(0, 0)] * (M.ndim - 2) + [(0, P - L), (0, P - L)])
     batch = M.shape[:-2]
-    inv = jnp.ones(batch + (P, 1, 1), M.dtype)  # the P diagonal 1x1 blocks
-    s = 1
+    nb = P // base
+    Mb = M.reshape(batch + (nb, base, nb, base))
+    inv = _substitution_inverse(jnp.stack([Mb[..., j, :, j, :] for j in range(nb)], -3))
+    s = base
     while s < P:
         nb = P // (2 * s)
         # A21 of each pair j: rows (2j+1)s..(2j+2)s, cols 2js..(2j+1)s.
         Mb = M.reshape(batch + (nb, 2, s, nb, 2, s))
-        a21 = jnp.einsum("...jaj b->...jab".replace(" ", ""), Mb[..., :, 1, :, :, 0, :])
+        a21 = jnp.stack([Mb[..., j, 1, :, j, 0, :] for j in range(nb)], -3)
         x = inv.reshape(batch + (nb, 2, s, s))
         x1, x2 = x[..., 0, :, :], x[..., 1, :, :]
         low = -einsum("...jab,...jbc->...jac", x2, einsum("...jab,...jbc->...jac", a21, x1))
@@ -263,6 +289,17 @@ def unit_lower_inverse(M: jax.Array) -> jax.Array:
         s *= 2
     inv = inv.reshape(batch + (P, P))
     return inv[..., :L, :L]
+
+
+def _substitution_inverse(M: jax.Array) -> jax.Array:
+    """``(I + M)^{-1}`` for small strictly lower-triangular ``M [..., n, n]``, row by row."""
+    n = M.shape[-1]
+    eye = jnp.eye(n, dtype=M.dtype)
+    rows = [jnp.broadcast_to(eye[0], M.shape[:-2] + (n,))]
+    for i in range(1, n):
+        X = jnp.stack(rows, -2)  # [..., i, n]: rows 0..i-1 of the inverse
+        rows.append(eye[i] - einsum("...j,...jl->...l", M[..., i, :i], X))
+    return jnp.stack(rows, -2)
 
 
 # ------------------------------------------------------------------------------------------

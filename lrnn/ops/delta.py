@@ -24,8 +24,9 @@ gives the pseudo-values ``Delta = U - W S_in`` and
 Ungated, these are the familiar ``I - K^T W`` and ``K^T U``. Across chunks the "loop"
 combine applies ``A_c`` in this factored form (``4 L dk dv`` flops per chunk); the "scan"
 combine and the shard summary form the dense ``dk x dk`` element. The unit lower-triangular
-inverse is formed by block recursion (:func:`lrnn.ops._common.unit_lower_inverse`): batched
-matmuls, which XLA runs far faster than a batched triangular solve on CPU. The chunk-local
+inverse is formed by substitution on 8 x 8 diagonal blocks merged by block recursion
+(:func:`lrnn.ops._common.unit_lower_inverse`): batched matmuls, which XLA runs far faster than
+a batched triangular solve on CPU. The chunk-local
 work runs under ``jax.checkpoint`` (the backward pass recomputes it instead of storing
 ``[L, L]`` tensors).
 """
