@@ -201,3 +201,19 @@ def _bad(**over):
 def test_bad_inputs_raise_naming_the_argument(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+# Per-key gates take one of three intra-chunk paths by chunk length C: sub-blocks of 16
+# (C = 64 above), of 8 (C = 16 above, C = 24 here) or, when no sub-block size divides C
+# (C = 30 here), the whole [C, C, dk] decay tensor. Forward and gradients for the last two.
+@pytest.mark.parametrize("case", [(53, 24, "key"), (30, 30, "key")], ids=str)
+def test_per_key_sub_block_paths(case):
+    T, chunk, gate = case
+    x = inputs(T, gate)
+    o, S = run("chunked", *case)
+    ro, rS = ref.gated_linear_attention(x["q"], x["k"], x["v"], x["gate"],
+                                        x["initial_state"], SCALE)
+    assert rel(o, ro) < TOL and rel(S, rS) < TOL
+    g, g_ref = run_grad("chunked", *case), run_grad("sequential", *case)
+    for name in g:
+        assert rel(g[name], g_ref[name]) < TOL, name

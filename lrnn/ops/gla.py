@@ -111,17 +111,70 @@ def _summaries(k, v, f, neg):
     return Affine(A, c.einsum("bhnsk,bhnsv->bhnkv", kd, v))
 
 
+_SUB = (16, 8)  # per-key gates: sub-block sizes tried (the first dividing C wins)
+
+
 def _readout(q, k, v, f, neg):
     """Per chunk: ``(Qeff [B,H,N,C,dk], Oin [B,H,N,C,dv])``, o = Qeff S_in + Oin."""
     P = c.prefix_decay(f, neg)
-    Dec = c.segment_decay(f, neg)  # [B,H,N,C,C] or [B,H,N,dk,C,C]
     if f.ndim == 4:
-        attn = c.einsum("bhntk,bhnsk->bhnts", q, k) * Dec
-        qeff = q * P[..., None]
-    else:
-        attn = c.einsum("bhntk,bhnsk,bhnkts->bhnts", q, k, Dec)
-        qeff = q * jnp.swapaxes(P, -1, -2)
-    return qeff, c.einsum("bhnts,bhnsv->bhntv", attn, v)
+        attn = c.einsum("bhntk,bhnsk->bhnts", q, k) * c.segment_decay(f, neg)
+        return q * P[..., None], c.einsum("bhnts,bhnsv->bhntv", attn, v)
+    qeff = q * jnp.swapaxes(P, -1, -2)
+    C = f.shape[-1]
+    sub = next((b for b in _SUB if C % b == 0 and C > b), None)
+    if sub is None:  # short or odd chunks: the [C, C, dk] decay tensor
+        attn = _decayed_scores(q, k, c.segment_decay(f, neg))
+        return qeff, c.einsum("bhnts,bhnsv->bhntv", attn, v)
+    return qeff, _intra_per_key(q, k, v, f, neg, sub)
+
+
+def _decayed_scores(q, k, D):
+    """``[..., t, s] = sum_k q[..., t, k] D[k, ..., t, s] k[..., s, k]`` for q, k ``[..., L, dk]``
+    and D ``[B, H, N, dk, ..., L, L]`` (the key axis right after the chunk axis).
+
+    Scaled queries first, then one batched matmul: XLA runs this several times faster on
+    CPU than the three-operand einsum it would otherwise plan (a ``[t, s, k]`` broadcast)."""
+    qd = jnp.moveaxis(q, -1, 3)[..., None] * D  # [B, H, N, dk, ..., t, s]
+    return c.einsum("bhnk...ts,bhn...sk->bhn...ts", qd, k)
+
+
+def _intra_per_key(q, k, v, f, neg, sub):
+    """``sum_{s<=t} (q_t . (prod_{s<r<=t} g_r) k_s) v_s`` per chunk, per-key gates, in
+    sub-blocks of ``sub`` tokens: ``[B,H,N,C,dv]``.
+
+    Within a sub-block the exact ``[sub, sub, dk]`` decays (``segment_decay``). Across
+    sub-blocks ``i > j`` the decay factors through the sub-block ends,
+    ``prod_{s<r<=t} g_r = P_i(t) * X_ij * S_j(s)``: ``P_i(t)`` the product from the start of
+    block i to t, ``S_j(s)`` from after s to the end of block j, ``X_ij`` the whole blocks
+    strictly between (``segment_decay`` over block totals, shifted). Every factor is a
+    product of gates in [-1, 1] (no division, no ``exp`` of a positive number), each is a
+    sum of logs over exactly its own span (gradients stay exact for tiny gates, as in
+    ``segment_decay``), and the cross-block part is a batched matmul. Exponentials:
+    ``C (sub + 2) dk + nb^2 dk`` per chunk instead of ``C^2 dk`` (``nb = C / sub``).
+    """
+    C = q.shape[-2]
+    nb = C // sub
+    blk = lambda x: x.reshape(x.shape[:-2] + (nb, sub, x.shape[-1]))  # [.., C, d] -> blocks
+    fb = f.reshape(f.shape[:-1] + (nb, sub))  # [B,H,N,dk,nb,sub]
+    nbk = neg.reshape(fb.shape)
+    qb, kb, vb = blk(q), blk(k), blk(v)  # [B,H,N,nb,sub,d]
+    # i == j: exact decays inside each sub-block
+    Dloc = c.segment_decay(fb, nbk)  # [B,H,N,dk,nb,sub,sub]
+    att = _decayed_scores(qb, kb, Dloc)
+    o = c.einsum("bhnits,bhnisv->bhnitv", att, vb)
+    # i > j: P_i(t) X_ij S_j(s)
+    Pin = jnp.moveaxis(c.prefix_decay(fb, nbk), 3, -1)  # [B,H,N,nb,sub,dk]
+    Sx = jnp.moveaxis(c.suffix_decay(fb, nbk), 3, -1)
+    tot_f, tot_n = jnp.sum(fb, -1), jnp.sum(nbk, -1)  # [B,H,N,dk,nb]
+    X = c.segment_decay(tot_f, tot_n)  # [.., dk, i', j] = prod_{j < m <= i'}
+    # X_ij = prod_{j < m < i} = X[i - 1, j] for j < i; zero on and above the diagonal
+    X = jnp.pad(X[..., :-1, :], [(0, 0)] * (X.ndim - 2) + [(1, 0), (0, 0)])
+    X = jnp.where(jnp.tril(jnp.ones((nb, nb), bool), -1), X, 0.0)
+    qx = c.einsum("bhnitk,bhnkij->bhnijtk", qb * Pin, X)
+    cross = c.einsum("bhnijtk,bhnjsk->bhnijts", qx, kb * Sx)
+    o = o + c.einsum("bhnijts,bhnjsv->bhnitv", cross, vb)
+    return o.reshape(o.shape[:3] + (C, o.shape[-1]))
 
 
 def _chunk_phase(q, k, v, gate, C):
@@ -193,9 +246,9 @@ def gated_linear_attention(
       gate: ``[B, T, H]`` (per head) or ``[B, T, H, dk]`` (per key), values in [-1, 1].
       initial_state: ``[B, H, dk, dv]``; zeros if None.
       scale: multiplies q.
-      chunk_size: tokens per chunk of the chunked form (positive int). Per-key gates build
-        a ``[C, C, dk]`` decay tensor per chunk: there ``chunk_size=16`` is the fastest on
-        CPU (benchmarks/ops_cpu.md).
+      chunk_size: tokens per chunk of the chunked form (positive int). With per-key gates a
+        multiple of 16 (or 8) uses sub-blocks (see the module docstring); 16 is the fastest
+        on CPU (benchmarks/ops_cpu.md).
       implementation: "sequential" | "scan" | "chunked" | "pallas" | "auto".
       chunk_combine: chunked form across chunks: "loop" (``lax.scan``) or "scan"
         (``lrnn.scan``).
