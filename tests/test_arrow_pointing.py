@@ -103,3 +103,16 @@ def test_registry_and_protocol(task):
     assert task.eval_sizes() == [64, 128]
     with pytest.raises(ValueError, match="size must be an int"):
         task.sample(jax.random.key(0), 2, 16)
+
+
+@pytest.mark.parametrize("model", ["plstm", "vit"])
+def test_presets(model):
+    """Every preset builds a valid config; the half-scale ones extrapolate 96 px -> 192 px."""
+    from experiments.configs import Config, apply_preset
+
+    for name in ("cpu", "gpu", "paper", "tiny"):
+        cfg = apply_preset(Config(task="arrow_pointing", model=model), name)
+        assert cfg.test_max == 2 * cfg.train_max and cfg.train_max % cfg.patch_size == 0
+        assert cfg.heads % 4 == 0 and cfg.d_model % cfg.heads == 0
+    gpu = apply_preset(Config(task="arrow_pointing", model=model), "gpu")
+    assert (gpu.train_max, gpu.patch_size, gpu.batch, gpu.lr) == (96, 8, 128, 3e-4)

@@ -114,7 +114,8 @@ def test_cli_flags_and_unknown_names():
     for argv, msg in [
         (["--task", "parrity"], "valid tasks: .*modular_arithmetic"),
         (["--model", "mamba7"], "valid models: .*deltanet"),
-        (["--preset", "gpu9"], "valid presets: cpu, paper"),
+        (["--preset", "gpu9"], "valid presets: cpu, gpu, paper"),
+        (["--preset", "gpu"], "arrow_pointing task only"),
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_args(argv + ["--out", "x"])

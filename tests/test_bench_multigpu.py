@@ -1,0 +1,43 @@
+"""experiments.bench.multigpu end to end on virtual CPU devices (small sizes).
+
+Times on CPU devices that share two cores say nothing about scaling; this checks that every
+(op, scaling, exchange, P) combination compiles, runs and lands in the table and in
+RESULTS.md's section, so the multi-GPU run needs no debugging on borrowed time.
+"""
+
+import jax
+import pytest
+
+from experiments.bench import multigpu
+
+
+def test_run_table_and_results_section(tmp_path):
+    assert len(jax.devices()) >= 4, "tests/conftest.py asks for 8 CPU devices"
+    cfg = multigpu.Config(P=(1, 4, 64), t_per_device=32, strong_t=64, batch=1, heads=2,
+                          dim=16, implementation="chunked", chunk_size=16, reps=1, warmup=1,
+                          dtype="float32")
+    rows = multigpu.run(cfg)
+    # 2 ops x 2 scalings x (P=1 + 2 exchanges at P=4); P = 64 skipped (8 devices)
+    assert len(rows) == 2 * 2 * (1 + 2)
+    for r in rows:
+        assert r["ms"] > 0 and r["ratio"] is not None and r["ratio"] > 0
+        assert r["T"] == (32 * r["P"] if r["scaling"] == "weak" else 64)
+    assert {r["exchange"] for r in rows if r["P"] > 1} == {"all_gather", "ppermute"}
+    md = multigpu.markdown(cfg, rows)
+    assert "| deltanet | strong | ppermute | 4 | 64 |" in md and "measures nothing" in md
+
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# Results\n\nkernels table\n")
+    multigpu.write_results(str(res), "first\n")
+    multigpu.write_results(str(res), "second\n")  # replaces the section, keeps the rest
+    text = res.read_text()
+    assert text.count(multigpu.BEGIN) == 1 and "second" in text and "first" not in text
+    assert text.startswith("# Results\n\nkernels table\n")
+
+
+def test_strong_length_must_divide():
+    cfg = multigpu.Config(ops=("gla",), P=(1, 3), strong_t=64, t_per_device=8, batch=1,
+                          heads=1, dim=8, implementation="chunked", chunk_size=8, reps=1,
+                          warmup=0, dtype="float32")
+    with pytest.raises(ValueError, match="not a multiple of P = 3"):
+        multigpu.run(cfg)
