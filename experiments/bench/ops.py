@@ -113,6 +113,21 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (``taskset`` / cgroup affinity), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _command() -> str:
+    import sys
+
+    args = " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ops.py") else ""
+    return f"python -m experiments.bench.ops {args}".strip()
+
+
 def markdown(cfg: Config, rows: list[dict]) -> str:
     dev = jax.devices()[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -121,13 +136,14 @@ def markdown(cfg: Config, rows: list[dict]) -> str:
         "",
         f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- device: {jax.default_backend()} ({dev.device_kind}; {_cpu_model()}, "
-        f"{os.cpu_count()} cores, load average {load:.1f} when the run ended)",
+        f"{_usable_cores()} usable cores of {os.cpu_count()}, load average {load:.1f} when the "
+        "run ended)",
         f"- jax {jax.__version__}, numpy {np.__version__}",
         f"- shapes: B={cfg.batch}, T={cfg.T}, H={cfg.heads}, dk={cfg.dk}, dv={cfg.dv}, "
         f"n_h={cfg.n_h} (delta_product), D={cfg.dk} (linear_recurrence); float32",
         f"- ms: minimum of {cfg.repeats} calls of the jitted function after a warm-up; "
         "ratio: time / time of `sequential` for the same op (< 1 is faster)",
-        "- command: `python -m experiments.bench.ops`",
+        f"- command: `{_command()}`",
         "",
     ]
     head = "| op | implementation | fwd ms | fwd ratio |"
