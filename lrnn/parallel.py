@@ -480,7 +480,11 @@ def sequence_sharded(
         split over ``axis``, the others (final states) are replicated. Pass it when a state
         dimension could equal T.
       pass_axis_name: whether ``fn`` takes ``axis_name``/``exchange`` keywords.
-      check_vma: ``jax.shard_map``'s replication check.
+      check_vma: ``jax.shard_map``'s replication check. Pass False with
+        ``implementation="pallas"`` on CPU: jax's Pallas interpreter cannot carry the
+        varying-axes types (the kernels raise a ValueError saying so). Compiled kernels declare
+        their outputs' varying axes for the check (not yet run on a GPU under shard_map;
+        False is the tested setting).
 
     Returns:
       A function with ``fn``'s outputs, as global arrays sharded over the mesh. With a mesh of

@@ -207,11 +207,48 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _manual_axis_type(x):
+    """The `jax.shard_map` varying-axes type of `x` (None outside a shard_map)."""
+    return getattr(jax.typeof(x), "manual_axis_type", None)
+
+
+def _vary_alike(args, out_shape, interpret):
+    """Inside `jax.shard_map` (with its default `check_vma=True`) `pl.pallas_call` needs to be
+    told how its outputs vary over the manual mesh axes. A kernel's outputs depend on all of
+    its inputs, so they vary over the union of the inputs' varying axes; inputs that vary over
+    fewer (a replicated initial state) are cast to that union first. Outside a shard_map
+    nothing varies and both are returned unchanged."""
+    mats = [_manual_axis_type(a) for a in args]
+    varying = frozenset().union(*(m.varying for m in mats if m is not None))
+    if not varying:
+        return args, out_shape
+    if interpret:
+        raise ValueError(
+            "pallas kernels in interpret mode (CPU) cannot run inside jax.shard_map with "
+            "check_vma=True: jax's Pallas interpreter loses the varying-axes types of its "
+            f"loop carries (inputs vary over {sorted(varying)}). Pass check_vma=False to "
+            "jax.shard_map or to lrnn.parallel.sequence_sharded, or use "
+            "implementation='chunked' on CPU."
+        )
+    args = [a if m.varying == varying
+            else lax.pcast(a, tuple(sorted(varying - m.varying)), to="varying")
+            for a, m in zip(args, mats)]
+    mat = _manual_axis_type(args[0])
+    out_shape = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, manual_axis_type=mat), out_shape)
+    return args, out_shape
+
+
 def pallas_call(platform: str, kernel, **kwargs):
-    """`pl.pallas_call(kernel, **kwargs)` whose body is traced under `dot_platform(platform)`."""
+    """`pl.pallas_call(kernel, **kwargs)` whose body is traced under `dot_platform(platform)`.
+
+    Works inside `jax.shard_map` (the sequence-parallel ops call the kernels per shard): the
+    outputs are declared to vary like the inputs (see `_vary_alike`).
+    """
 
     def run(*args):
+        args, out_shape = _vary_alike(args, kwargs["out_shape"], kwargs.get("interpret", False))
         with dot_platform(platform):
-            return pl.pallas_call(kernel, **kwargs)(*args)
+            return pl.pallas_call(kernel, **{**kwargs, "out_shape": out_shape})(*args)
 
     return run

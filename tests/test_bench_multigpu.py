@@ -35,6 +35,18 @@ def test_run_table_and_results_section(tmp_path):
     assert text.startswith("# Results\n\nkernels table\n")
 
 
+def test_pallas_rows(tmp_path):
+    """The GPU run's configuration (pallas kernels per shard; interpret mode here)."""
+    cfg = multigpu.Config(ops=("deltanet",), P=(1, 2), exchanges=("ppermute",),
+                          t_per_device=32, strong_t=64, batch=1, heads=2, dim=16,
+                          implementation="pallas", chunk_size=16, reps=1, warmup=0,
+                          dtype="float32")
+    rows = multigpu.run(cfg)
+    assert [(r["scaling"], r["P"]) for r in rows] == [("weak", 1), ("weak", 2), ("strong", 1),
+                                                     ("strong", 2)]
+    assert all(r["ms"] > 0 for r in rows)
+
+
 def test_strong_length_must_divide():
     cfg = multigpu.Config(ops=("gla",), P=(1, 3), strong_t=64, t_per_device=8, batch=1,
                           heads=1, dim=8, implementation="chunked", chunk_size=8, reps=1,
