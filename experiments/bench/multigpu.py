@@ -36,9 +36,7 @@ import dataclasses
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 
 if __name__ == "__main__":  # virtual CPU devices must be requested before JAX starts
     _n = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--cpu-devices"),
@@ -52,6 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from experiments.bench.kernels import _time as median_ms  # noqa: E402
 from lrnn import ops, parallel  # noqa: E402
 
 __all__ = ["Config", "run", "markdown", "main"]
@@ -118,17 +117,6 @@ def _step(op, cfg: Config, P: int, exchange: str):
     return jax.jit(fwd_bwd), sharding
 
 
-def _time(fn, *args, reps, warmup):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
-
-
 def _measure(op, cfg: Config, P: int, exchange: str, T: int) -> float:
     dt = jnp.dtype(cfg.dtype)
     xs, do = _inputs(op, cfg.batch, T, cfg.heads, cfg.dim, dt)
@@ -136,7 +124,7 @@ def _measure(op, cfg: Config, P: int, exchange: str, T: int) -> float:
     if sharding is not None:
         xs = tuple(jax.device_put(x, sharding) for x in xs)
         do = jax.device_put(do, sharding)
-    return _time(step, xs, do, reps=cfg.reps, warmup=cfg.warmup)
+    return median_ms(step, xs, do, reps=cfg.reps, warm=cfg.warmup)
 
 
 def run(cfg: Config, on_row=None) -> list[dict]:
