@@ -483,8 +483,8 @@ def sequence_sharded(
       check_vma: ``jax.shard_map``'s replication check. Pass False with
         ``implementation="pallas"`` on CPU: jax's Pallas interpreter cannot carry the
         varying-axes types (the kernels raise a ValueError saying so). Compiled kernels declare
-        their outputs' varying axes for the check (not yet run on a GPU under shard_map;
-        False is the tested setting).
+        their outputs' varying axes for the check (on GPU only run with False so far:
+        ``benchmarks/multigpu.md``; False is the tested setting).
 
     Returns:
       A function with ``fn``'s outputs, as global arrays sharded over the mesh. With a mesh of

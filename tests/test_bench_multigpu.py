@@ -53,3 +53,38 @@ def test_strong_length_must_divide():
                           warmup=0, dtype="float32")
     with pytest.raises(ValueError, match="not a multiple of P = 3"):
         multigpu.run(cfg)
+
+
+def test_train_curves_agree(tmp_path):
+    """experiments.bench.multigpu_train: the same run on one device and on a (data, seq) mesh
+    gives the same loss at every logged step; table, figure and RESULTS section are written."""
+    from experiments.bench import multigpu_train
+
+    res = tmp_path / "RESULTS.md"
+    res.write_text("# Results\n")
+    rc = multigpu_train.main([
+        "--meshes", "", "data=2,seq=2", "--length", "48", "--steps", "4", "--batch", "4",
+        "--log-every", "2", "--eval-per-length", "4", "--no-progress",
+        "--set", "d_model=16", "heads=2", "chunk_size=16", "layers=1",
+        "--out", str(tmp_path / "runs"), "--results", str(res)])
+    assert rc == 0
+    rows = multigpu_train.compare([tmp_path / "runs" / "single",
+                                   tmp_path / "runs" / "data2_seq2"])
+    assert [r["steps"] for r in rows] == [4, 4]
+    assert rows[1]["max_diff"] < 1e-5  # sharding changes summation order only
+    assert rows[0]["loss"] > 0 and rows[1]["eval"] is not None
+    assert not (tmp_path / "runs" / "single" / "checkpoints").exists()
+    assert (tmp_path / "runs" / "curves.png").stat().st_size > 0
+    text = res.read_text()
+    assert multigpu_train.BEGIN in text and "| data=2,seq=2 |" in text
+    assert text.startswith("# Results\n")
+
+    # --compare: the report of existing runs (e.g. made on another machine), no training
+    out2 = tmp_path / "report"
+    rc = multigpu_train.main([
+        "--compare", str(tmp_path / "runs" / "single"), str(tmp_path / "runs" / "data2_seq2"),
+        "--out", str(out2), "--results", "", "--devices", "4 x test GPU", "--date", "today"])
+    assert rc == 0
+    table = (out2 / "table.md").read_text()
+    assert "- devices: 4 x test GPU" in table and "- date: today" in table
+    assert "| data=2,seq=2 | 4 |" in table and (out2 / "curves.png").exists()

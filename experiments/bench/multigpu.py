@@ -22,11 +22,9 @@ table (date, devices, versions, shapes) goes to ``--out`` and, between the marke
 with virtual devices (``--cpu-devices``) at small sizes, which checks it end to end but
 measures nothing about scaling (the devices share the same cores).
 
-The state-tracking training run of the issue uses the training CLI on a (data, seq) mesh::
-
-    python -m experiments.train --task parity --model deltanet --preset paper \\
-        --train-min 16384 --train-max 16384 --test-min 16384 --test-max 16384 \\
-        --mesh data=1,seq=2 --steps 300 --out runs/parity_seq2
+The state-tracking training run on a (data, seq) mesh against one device, with the loss
+curves compared, is ``python -m experiments.bench.multigpu_train``. Results on 4 H200s:
+``benchmarks/multigpu.md``.
 """
 
 from __future__ import annotations
@@ -63,6 +61,7 @@ class Config:
     ops: tuple[str, ...] = ("deltanet", "gla")
     P: tuple[int, ...] = (1, 2, 4)  # device counts (those above the devices present are skipped)
     exchanges: tuple[str, ...] = ("all_gather", "ppermute")
+    scalings: tuple[str, ...] = ("weak", "strong")
     t_per_device: int = 8192  # weak scaling
     strong_t: int = 65536  # strong scaling (total)
     batch: int = 4
@@ -137,7 +136,7 @@ def run(cfg: Config, on_row=None) -> list[dict]:
         print(f"multigpu: only {n_dev} devices; skipping P = {skipped}", file=sys.stderr)
     jobs = []
     for op in cfg.ops:
-        for scaling in ("weak", "strong"):
+        for scaling in cfg.scalings:
             for P in Ps:
                 T = cfg.t_per_device * P if scaling == "weak" else cfg.strong_t
                 if scaling == "strong" and T % P:
@@ -193,13 +192,14 @@ def markdown(cfg: Config, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: str, section: str) -> None:
-    """Puts ``section`` between the multigpu markers of ``path`` (appended if absent)."""
-    block = f"{BEGIN}\n{section}{END}\n"
+def write_results(path: str, section: str, *, begin: str = BEGIN, end: str = END) -> None:
+    """Puts ``section`` between the markers ``begin`` / ``end`` of ``path`` (appended if
+    absent)."""
+    block = f"{begin}\n{section}{end}\n"
     text = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + block + tail
     else:
         text = text + ("\n" if text and not text.endswith("\n\n") else "") + block
@@ -215,6 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--P", nargs="+", type=int, default=list(d.P))
     p.add_argument("--exchanges", nargs="+", default=list(d.exchanges),
                    choices=["all_gather", "ppermute"])
+    p.add_argument("--scalings", nargs="+", default=list(d.scalings), choices=["weak", "strong"])
     p.add_argument("--t-per-device", type=int, default=d.t_per_device)
     p.add_argument("--strong-t", type=int, default=d.strong_t)
     p.add_argument("--batch", type=int, default=d.batch)
@@ -232,6 +233,7 @@ def main(argv=None) -> int:
                    help="also put the table into this file's multigpu section ('' = no)")
     a = p.parse_args(argv)
     cfg = Config(ops=tuple(a.ops), P=tuple(a.P), exchanges=tuple(a.exchanges),
+                 scalings=tuple(a.scalings),
                  t_per_device=a.t_per_device, strong_t=a.strong_t, batch=a.batch,
                  heads=a.heads, dim=a.dim, implementation=a.implementation,
                  chunk_size=a.chunk_size, reps=a.reps, warmup=a.warmup, dtype=a.dtype)

@@ -123,6 +123,12 @@ def pallas_fn(fn_name: str, op: str):
     return fn
 
 
+def varying_zeros(shape, dtype, axis_name) -> jax.Array:
+    """Zeros typed as varying over ``axis_name`` (inside ``shard_map``), so that loops whose
+    carries start from them and mix in sharded data keep one type (the replication check)."""
+    return jnp.zeros(shape, dtype) + (lax.axis_index(axis_name) * 0).astype(dtype)
+
+
 def shard_prefix(monoid: Monoid, summary: Affine, h0, *, axis_name, exchange):
     """Sequence parallelism: (state entering this shard, global final state)."""
     from lrnn import parallel  # lazy: written apart from the ops
@@ -237,6 +243,14 @@ _segment_decay.defvjp(_segment_decay_fwd, _segment_decay_bwd)
 def prefix_decay(f: jax.Array, neg: jax.Array) -> jax.Array:
     """``P[..., t] = prod_{r<=t} g_r`` (inclusive), ``[..., L]``."""
     return _parity_sign(chunk_cumsum(neg), f.dtype) * jnp.exp(chunk_cumsum(f))
+
+
+def running_decay(g: jax.Array, axis: int) -> jax.Array:
+    """``prod_{r<=t} g_r`` along a long ``axis`` (a whole sequence), signs included: log
+    magnitudes and negative counts summed with ``jnp.cumsum`` (a matmul with a triangular
+    matrix, as in :func:`chunk_cumsum`, would be quadratic in the length)."""
+    f, neg = log_sign(g)
+    return _parity_sign(jnp.cumsum(neg, axis=axis), f.dtype) * jnp.exp(jnp.cumsum(f, axis=axis))
 
 
 def suffix_decay(f: jax.Array, neg: jax.Array) -> jax.Array:

@@ -315,17 +315,37 @@ def _delta(q, k, v, beta, gate, S0, scale, chunk_size, implementation, chunk_com
     c.check_scale(scale, op)
     out_dt = c.out_dtype(q, k, v)
     dt = c.calc_dtype(q, k, v, beta, gate, S0)
-    h_final = None
-    if axis_name is not None:
-        summary = delta_summary(k, v, beta, gate=gate, chunk_size=chunk_size)
-        z = jnp.zeros(summary.b.shape, dt) if S0 is None else S0.astype(dt)
-        S0, h_final = c.shard_prefix(DENSE, summary, z, axis_name=axis_name,
-                                     exchange=exchange)
+    if axis_name is None:
+        return _local(q, k, v, beta, gate, S0, scale, chunk_size, impl, chunk_combine, op,
+                      out_dt, dt)
+    # Sequence-parallel: ONE local pass gives both this shard's summary and its outputs. The
+    # recurrence acts on the state's columns independently, so with values [v | 0] and the
+    # initial state [0 | I] the pass carries [b_t | A_1..t] (b_t: the state from zero, A_1..t:
+    # the product of the transitions so far): its final state is the summary (A, b), its
+    # outputs are [o_t from zero | scale q_t^T A_1..t]. After the exchange the true output is
+    # o_t + scale q_t^T A_1..t S_in, an XLA matmul. Costs one pass at width dv + dk instead
+    # of a summary pass plus a pass from S_in.
+    B, T, H, n_h, dk = k.shape
+    dv = v.shape[-1]
+    v2 = jnp.concatenate([v, jnp.zeros((B, T, H, n_h, dk), v.dtype)], axis=-1)
+    eye = jnp.broadcast_to(jnp.eye(dk, dtype=dt), (B, H, dk, dk))
+    S02 = c.varying_zeros((B, H, dk, dv + dk), dt, axis_name).at[..., dv:].add(eye)
+    o2, S2 = _local(q, k, v2, beta, gate, S02, scale, chunk_size, impl, chunk_combine, op,
+                    out_dt, dt)
+    S2 = S2.astype(dt)
+    z = jnp.zeros((B, H, dk, dv), dt) if S0 is None else S0.astype(dt)
+    S_in, h_final = c.shard_prefix(DENSE, Affine(S2[..., dv:], S2[..., :dv]), z,
+                                   axis_name=axis_name, exchange=exchange)
+    o = o2[..., :dv].astype(dt) + c.einsum("bthk,bhkv->bthv", o2[..., dv:].astype(dt), S_in)
+    return o.astype(out_dt), h_final
+
+
+def _local(q, k, v, beta, gate, S0, scale, chunk_size, impl, chunk_combine, op, out_dt, dt):
+    """One device's pass (no sequence axis): ``(o in out_dt, final state)``."""
     if impl == "pallas":
         fn = c.pallas_fn("delta_product", op)
-        o, S = fn(q, k, v, beta, gate=gate, initial_state=S0, scale=scale,
+        return fn(q, k, v, beta, gate=gate, initial_state=S0, scale=scale,
                   chunk_size=chunk_size, interpret=None)
-        return o, (S if h_final is None else h_final)
     B, T, H, _, dk = k.shape
     S0 = jnp.zeros((B, H, dk, v.shape[-1]), dt) if S0 is None else S0.astype(dt)
     qs = q.astype(dt) * scale
@@ -337,7 +357,7 @@ def _delta(q, k, v, beta, gate, S0, scale, chunk_size, implementation, chunk_com
         o, S = _scan(qs, k, v, beta, gate, S0)
     else:
         o, S = _chunked(qs, k, v, beta, gate, S0, min(chunk_size, T), chunk_combine)
-    return o.astype(out_dt), (S if h_final is None else h_final)
+    return o.astype(out_dt), S
 
 
 def delta_rule(

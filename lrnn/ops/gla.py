@@ -266,17 +266,34 @@ def gated_linear_attention(
     c.check_scale(scale, _OP)
     out_dt = c.out_dtype(q, k, v)
     dt = c.calc_dtype(q, k, v, gate, S0)
-    h_final = None
-    if axis_name is not None:
-        summary = gla_summary(k, v, gate, chunk_size=chunk_size)
-        z = jnp.zeros(summary.b.shape, dt) if S0 is None else S0.astype(dt)
-        S0, h_final = c.shard_prefix(DIAGONAL, summary, z, axis_name=axis_name,
-                                     exchange=exchange)
+    if axis_name is None:
+        return _local(q, k, v, gate, S0, scale, chunk_size, impl, chunk_combine, out_dt, dt)
+    # Sequence-parallel: one local pass from a zero state gives the outputs o_t^0 and the
+    # summary's b (its final state); the summary's A and the running decays D_t = prod_{r<=t}
+    # g_r are cumulative sums of log gates. After the exchange the true output is
+    # o_t^0 + (scale q_t * D_t)^T S_in, an XLA matmul: no second pass from S_in.
+    B, T, H, dk = k.shape
+    dv = v.shape[-1]
+    z = c.varying_zeros((B, H, dk, dv), dt, axis_name)
+    o0, b = _local(q, k, v, gate, z, scale, chunk_size, impl, chunk_combine, out_dt, dt)
+    D = c.running_decay(gate.astype(dt), axis=1)  # [B, T, H] or [B, T, H, dk]
+    if D.ndim == 3:
+        D = D[..., None]
+    A = jnp.broadcast_to(D[:, -1], (B, H, dk))
+    h0 = jnp.zeros((B, H, dk, dv), dt) if S0 is None else S0.astype(dt)
+    S_in, h_final = c.shard_prefix(DIAGONAL, Affine(A, b.astype(dt)), h0, axis_name=axis_name,
+                                   exchange=exchange)
+    qd = q.astype(dt) * (scale * D)
+    o = o0.astype(dt) + c.einsum("bthk,bhkv->bthv", qd, S_in)
+    return o.astype(out_dt), h_final
+
+
+def _local(q, k, v, gate, S0, scale, chunk_size, impl, chunk_combine, out_dt, dt):
+    """One device's pass (no sequence axis): ``(o in out_dt, final state)``."""
     if impl == "pallas":
         fn = c.pallas_fn("gated_linear_attention", _OP)
-        o, S = fn(q, k, v, gate, initial_state=S0, scale=scale, chunk_size=chunk_size,
+        return fn(q, k, v, gate, initial_state=S0, scale=scale, chunk_size=chunk_size,
                   interpret=None)
-        return o, (S if h_final is None else h_final)
     B, T, H, dk = k.shape
     S0 = jnp.zeros((B, H, dk, v.shape[-1]), dt) if S0 is None else S0.astype(dt)
     qs = q.astype(dt) * scale
@@ -287,7 +304,7 @@ def gated_linear_attention(
         o, S = _scan(qs, k, v, gate, S0)
     else:
         o, S = _chunked(qs, k, v, gate, S0, min(chunk_size, T), chunk_combine)
-    return o.astype(out_dt), (S if h_final is None else h_final)
+    return o.astype(out_dt), S
 
 
 def gated_linear_attention_step(q, k, v, gate, *, state=None, scale: float = 1.0):
