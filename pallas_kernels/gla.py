@@ -312,7 +312,7 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chunk_size=64,
                            interpret=None, block_v=None, num_warps=4, split_intra=None,
-                           _target=None):
+                           chunk_parallel=False, _target=None):
     """Gated linear attention, chunkwise Pallas kernels (forward and backward).
 
     Args:
@@ -332,6 +332,11 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
         fwd+bwd at (8, 2048, 16, 128) took 11.6 ms instead of 33.0 ms (benchmarks/RESULTS.md).
         None (default): on for 16-bit inputs, off for float32 (not compiled on a GPU in f32
         yet).
+      chunk_parallel: use `pallas_kernels.gla_chunk` instead: sequential kernels that only
+        carry the state from chunk to chunk (one `[dk, C] x [C, BV]` product per chunk) and
+        chunk-parallel kernels for the outputs and gradients (fla's chunk_gla organisation).
+        Same results (tested in interpret mode); not yet compiled or timed on a GPU, hence
+        off by default. `split_intra` does not apply.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
@@ -367,7 +372,15 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
     la = to_bhtd(jnp.log(jnp.maximum(jnp.abs(g), _TINY)))
     sa = cm.pad_axis(jnp.transpose(jnp.where(g < 0, -1.0, 1.0), (0, 2, 1, 3)), 2, Lp, 1.0)
     h0 = jnp.zeros((B, H, dk, dv), F32) if initial_state is None else initial_state.astype(F32)
-    cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps), bool(split_intra))
-    o, ht = _core(to_bhtd(q.astype(dtype)), to_bhtd(k.astype(dtype)), to_bhtd(v.astype(dtype)),
-                  la, sa, h0, cfg)
+    args = (to_bhtd(q.astype(dtype)), to_bhtd(k.astype(dtype)), to_bhtd(v.astype(dtype)),
+            la, sa, h0)
+    if chunk_parallel:
+        from pallas_kernels import gla_chunk
+
+        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps))
+        o, ht = gla_chunk.core(*args, cfg)
+    else:
+        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps),
+               bool(split_intra))
+        o, ht = _core(*args, cfg)
     return jnp.transpose(o[:, :, :T], (0, 2, 1, 3)), ht

@@ -37,6 +37,11 @@ CASES = {
                                                      split_intra=True, _target="tpu"),
         S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 128), jnp.bfloat16),
         S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 128), jnp.float32)),
+    "gla_chunk_parallel": lambda: _grad_trace(
+        lambda q, k, v, g: pk.gated_linear_attention(q, k, v, g, interpret=False,
+                                                     chunk_parallel=True, _target="tpu"),
+        S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 128), jnp.bfloat16),
+        S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 128), jnp.float32)),
     "delta_product": lambda: _grad_trace(
         lambda q, k, v, b, g: pk.delta_product(q, k, v, b, gate=g, interpret=False,
                                                precompute_inverse=True, _target="tpu"),

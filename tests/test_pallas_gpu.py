@@ -109,7 +109,9 @@ def test_delta_product_gpu(n_h, gated, dtype, tol, pre):
 
 @pytest.mark.parametrize("per_key, dtype, tol, split", [
     (True, jnp.float32, 2e-5, False), (False, jnp.bfloat16, 3e-2, False),
-    (True, jnp.bfloat16, 3e-2, True)])
+    (True, jnp.bfloat16, 3e-2, True),
+    # pallas_kernels.gla_chunk (opt-in chunk_parallel=True)
+    (True, jnp.bfloat16, 3e-2, "chunk"), (True, jnp.float32, 2e-5, "chunk")])
 def test_gla_gpu(per_key, dtype, tol, split):
     rng = np.random.default_rng(3)
     B, T, H, dk, dv, scale = 2, 333, 2, 128, 128, 128**-0.5
@@ -120,6 +122,9 @@ def test_gla_gpu(per_key, dtype, tol, split):
     names = ["q", "k", "v", "gate", "h0"]
 
     def f_pk(q, k, v, g, h0):
+        if split == "chunk":
+            return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
+                                             chunk_parallel=True)
         return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
                                          split_intra=split)
 

@@ -211,8 +211,11 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
                     {"default": 1e-5, "gate": 1e-4})
 
 
-@pytest.mark.parametrize("per_key, T, C, split", [(True, 37, 32, False), (False, 21, 16, False),
-                                                  (True, 29, 32, True)])
+@pytest.mark.parametrize("per_key, T, C, split", [
+    (True, 37, 32, False), (False, 21, 16, False), (True, 29, 32, True),
+    # chunk_parallel (pallas_kernels.gla_chunk): several sub-blocks per chunk, T not a multiple
+    (True, 70, 64, "chunk"), (False, 45, 32, "chunk"), (True, 16, 16, "chunk"),
+])
 def test_gla_fwd_grad(per_key, T, C, split):
     rng = np.random.default_rng(20 + T)
     B, H, dk, dv, scale = 1, 2, 16, 16, 0.5
@@ -224,6 +227,9 @@ def test_gla_fwd_grad(per_key, T, C, split):
     np_out = np_gla(*args[:4], args[4], scale)
 
     def f_pallas(q, k, v, g, h0):
+        if split == "chunk":
+            return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
+                                             chunk_size=C, chunk_parallel=True)
         return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale, chunk_size=C,
                                          split_intra=split)
 
@@ -234,15 +240,17 @@ def test_gla_fwd_grad(per_key, T, C, split):
     check_fwd_grads(f_pallas, f_ref, np_out, args, names, 1e-5, {"default": 1e-5, "gate": 1e-4})
 
 
-def test_gates_near_zero_and_one_are_stable():
+@pytest.mark.parametrize("chunk_parallel, C", [(False, 16), (True, 32)])
+def test_gates_near_zero_and_one_are_stable(chunk_parallel, C):
     """Forward only: gates of 1e-12 and exactly 1 and -1 give finite, correct outputs."""
     rng = np.random.default_rng(5)
-    B, T, H, dk, dv = 1, 20, 1, 16, 16
+    B, T, H, dk, dv = 1, 40, 1, 16, 16
     q, k, v = (rng.normal(size=(B, T, H, d)) for d in (dk, dk, dv))
     gate = rng.choice([1e-12, 1.0, -1.0, 0.5], size=(B, T, H, dk))
     h0 = rng.normal(size=(B, H, dk, dv))
     o, S = pk.gated_linear_attention(*(jnp.asarray(x, F32) for x in (q, k, v, gate)),
-                                     initial_state=jnp.asarray(h0, F32), chunk_size=16)
+                                     initial_state=jnp.asarray(h0, F32), chunk_size=C,
+                                     chunk_parallel=chunk_parallel)
     o_ref, S_ref = np_gla(q, k, v, gate, h0, 1.0)
     assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5
 

@@ -169,6 +169,10 @@ def _ours(kind, impl):
             q, k, v, g = xs
             return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
                                              split_intra=False)[0]
+        if kind == "gla" and impl == "pallas-chunk":  # pallas_kernels.gla_chunk (opt-in)
+            q, k, v, g = xs
+            return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
+                                             chunk_parallel=True)[0]
         if kind == "gla":
             q, k, v, g = xs
             return ops.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
@@ -334,6 +338,7 @@ def main():
             run("gla", "gla", impl, shape)
         run("deltanet", "delta", "pallas-inloop", shape)
         run("gla", "gla", "pallas-fused", shape)
+        run("gla", "gla", "pallas-chunk", shape)
         run("gated_deltanet", "gated", "pallas", shape)
         run("deltaproduct_nh2", "delta", "pallas", shape, n_h=2)
         run("deltaproduct_nh3", "delta", "pallas", shape, n_h=3)
