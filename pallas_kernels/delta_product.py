@@ -89,17 +89,14 @@ def _chunk_common(c, C, q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, scale, gated
     )
 
 
-def _inverse_kernel(k_ref, b_ref, lg_ref, sg_ref, m_ref, *, C, gated):
-    """One chunk: `(I + A)^{-1}`, A = strict_lower(beta_t (k_t . k_s) Gam[t, s]).
+def chunk_inverse(k, beta, lg, sg, C, gated):
+    """`(I + A)^{-1}` of one chunk, A = strict_lower(beta_t (k_t . k_s) Gam[t, s]).
 
-    Refs: k `[C, dk]`; b, lg, sg `[C, 1]`; m `[C, C]` f32. Grid (B, H, NC): all parallel.
+    k `[C, dk]` (input dtype); beta, lg, sg `[C, 1]` f32 (lg, sg unused if not gated).
     """
-    k = k_ref[...]
-    beta = b_ref[...].astype(F32)
     r, cc = cm.iotas(C)
     kk = cm.mm_nt(k, k, k.dtype)
     if gated:
-        lg, sg = lg_ref[...], sg_ref[...]
         lg_r, sg_r = cm.col_to_row(lg), cm.col_to_row(sg)
         gam = sg * sg_r * jnp.exp(jnp.minimum(lg - lg_r, 0.0))
         gam_t = sg * sg_r * jnp.exp(jnp.minimum(lg_r - lg, 0.0))
@@ -107,7 +104,16 @@ def _inverse_kernel(k_ref, b_ref, lg_ref, sg_ref, m_ref, *, C, gated):
         gam = gam_t = jnp.ones((C, C), F32)
     a = jnp.where(r > cc, beta * kk * gam, 0.0)
     a_t = jnp.where(r < cc, cm.col_to_row(beta) * kk * gam_t, 0.0)
-    m_ref[...] = cm.unit_lower_inverse(a, a_t)
+    return cm.unit_lower_inverse(a, a_t)
+
+
+def _inverse_kernel(k_ref, b_ref, lg_ref, sg_ref, m_ref, *, C, gated):
+    """One chunk: `(I + A)^{-1}` (see `chunk_inverse`).
+
+    Refs: k `[C, dk]`; b, lg, sg `[C, 1]`; m `[C, C]` f32. Grid (B, H, NC): all parallel.
+    """
+    m_ref[...] = chunk_inverse(k_ref[...], b_ref[...].astype(F32), lg_ref[...], sg_ref[...],
+                               C, gated)
 
 
 def _fwd_kernel(*refs, C, NC, dk, scale, gated, pre):
@@ -335,7 +341,7 @@ _core.defvjp(_core_fwd_rule, _core_bwd_rule)
 
 def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, chunk_size=64,
                   interpret=None, block_v=None, num_warps=4, precompute_inverse=None,
-                  _target=None):
+                  chunk_parallel=False, _target=None):
     """DeltaProduct (n_h Householder steps per token), chunkwise WY form, Pallas kernels.
 
     Args:
@@ -356,6 +362,11 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         H100, DeltaNet bf16 fwd+bwd at (8, 2048, 16, 128) took 4.99 ms instead of 7.78 ms
         (benchmarks/RESULTS.md). None (default): on for 16-bit inputs, off for float32 (the
         f32 variant has not been compiled on a GPU yet; its tiles differ, see below).
+      chunk_parallel: use `pallas_kernels.delta_chunk` instead: the sequential kernels do only
+        the state products (`Vn = U - W S`, `S <- G S + K^T Vn`, and their adjoints), the
+        inverse, W, U, the outputs and the gradients come from chunk-parallel kernels (fla's
+        chunk_delta_rule organisation). Same results (tested in interpret mode); not yet
+        compiled or timed on a GPU, hence off by default. `precompute_inverse` does not apply.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
@@ -421,8 +432,14 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         la = jnp.zeros((B, H, Lp), F32)
         sa = jnp.ones((B, H, Lp), F32)
     h0 = jnp.zeros((B, H, dk, dv), F32) if initial_state is None else initial_state.astype(F32)
-    cfg = (C, float(scale), gated, interpret, platform, int(bv), int(num_warps),
-           bool(precompute_inverse))
-    o, ht = _core(qi, ki, vi, bi, la, sa, h0, cfg)
+    if chunk_parallel:
+        from pallas_kernels import delta_chunk
+
+        cfg = (C, float(scale), gated, interpret, platform, int(bv), int(num_warps))
+        o, ht = delta_chunk.core(qi, ki, vi, bi, la, sa, h0, cfg)
+    else:
+        cfg = (C, float(scale), gated, interpret, platform, int(bv), int(num_warps),
+               bool(precompute_inverse))
+        o, ht = _core(qi, ki, vi, bi, la, sa, h0, cfg)
     o = o[:, :, n_h - 1:L:n_h]  # read-out after the last sub-step of each token
     return jnp.transpose(o, (0, 2, 1, 3)), ht

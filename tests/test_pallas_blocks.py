@@ -48,6 +48,12 @@ CASES = {
         S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 2, 128), jnp.bfloat16),
         S((2, 1000, 4, 2, 128), jnp.bfloat16), S((2, 1000, 4, 2), jnp.float32),
         S((2, 1000, 4), jnp.float32)),
+    "delta_product_chunk_parallel": lambda: _grad_trace(
+        lambda q, k, v, b, g: pk.delta_product(q, k, v, b, gate=g, interpret=False,
+                                               chunk_parallel=True, _target="tpu"),
+        S((2, 1000, 4, 128), jnp.bfloat16), S((2, 1000, 4, 2, 128), jnp.bfloat16),
+        S((2, 1000, 4, 2, 128), jnp.bfloat16), S((2, 1000, 4, 2), jnp.float32),
+        S((2, 1000, 4), jnp.float32)),
     "delta_rule": lambda: _grad_trace(
         lambda q, k, v, b: pk.delta_product(q, k, v, b, interpret=False, _target="tpu"),
         S((2, 777, 4, 128), jnp.float32), S((2, 777, 4, 1, 128), jnp.float32),

@@ -82,7 +82,10 @@ def test_linear_recurrence_gpu(dtype, tol):
 @pytest.mark.parametrize("n_h, gated, dtype, tol, pre", [
     (1, False, jnp.float32, 2e-5, False), (2, True, jnp.float32, 2e-5, False),
     (1, True, jnp.bfloat16, 3e-2, False), (3, False, jnp.bfloat16, 3e-2, False),
-    (2, True, jnp.bfloat16, 3e-2, True)])
+    (2, True, jnp.bfloat16, 3e-2, True),
+    # pallas_kernels.delta_chunk (opt-in chunk_parallel=True)
+    (1, False, jnp.bfloat16, 3e-2, "chunk"), (2, True, jnp.bfloat16, 3e-2, "chunk"),
+    (1, True, jnp.float32, 2e-5, "chunk")])
 def test_delta_product_gpu(n_h, gated, dtype, tol, pre):
     rng = np.random.default_rng(n_h)
     B, T, H, dk, dv, scale = 2, 333, 2, 128, 128, 128**-0.5
@@ -98,6 +101,9 @@ def test_delta_product_gpu(n_h, gated, dtype, tol, pre):
 
     def f_pk(*xs):
         q, k, v, b, g, h0 = split(xs)
+        if pre == "chunk":
+            return pk.delta_product(q, k, v, b, gate=g, initial_state=h0, scale=scale,
+                                    chunk_parallel=True)
         return pk.delta_product(q, k, v, b, gate=g, initial_state=h0, scale=scale,
                                 precompute_inverse=pre)
 

@@ -183,7 +183,9 @@ def test_linear_recurrence_bf16_and_no_h0():
 @pytest.mark.parametrize(
     "n_h, gated, T, C, pre",
     [(1, False, 37, 16, False), (1, True, 23, 16, False), (2, True, 21, 16, True),
-     (3, False, 13, 16, False)],
+     (3, False, 13, 16, False),
+     # chunk_parallel (pallas_kernels.delta_chunk)
+     (1, True, 37, 16, "chunk"), (2, False, 21, 16, "chunk"), (3, True, 13, 8, "chunk")],
 )
 def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
     rng = np.random.default_rng(10 + n_h)
@@ -199,6 +201,9 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
 
     def f_pallas(*xs):
         q, k, v, beta, gate, h0 = split(xs)
+        if pre == "chunk":
+            return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
+                                    chunk_size=C, chunk_parallel=True)
         return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
                                 chunk_size=C, precompute_inverse=pre)
 

@@ -1,0 +1,369 @@
+"""DeltaProduct / (Gated) DeltaNet, chunk-parallel form: only the state matmuls are sequential.
+
+Same recurrence, interleaved layout and chunk algebra as `pallas_kernels.delta_product` (its
+module docstring has the WY / UT formulas: `Tm = (I + A)^{-1} diag(beta)`, `W = Tm (G k)`,
+`U = Tm V`, `Vn = U - W S0`, `O = (G q) S0 + P Vn`, `S_C = G_C S0 + (gam k)^T Vn`), organised
+like fla's chunk_delta_rule so that the sequential kernels do two or three products per chunk
+and everything else runs parallel over chunks:
+
+Forward
+  1. `_wu_kernel`, grid (B, H, NC), all parallel: each chunk's `(I + A)^{-1}` (kept for the
+     backward), W and U.
+  2. `_state_kernel`, grid (B, H, dv / BV), parallel; chunks in order: `Vn = U - W S`
+     (stored), `S <- G_C S + (gam k)^T Vn`; the state entering every chunk stored f32.
+  3. `_out_kernel`, grid (B, H, NC, dv / BV), all parallel: `O = (scale G q) S0 + P Vn`.
+Backward
+  4. `_dvn_local_kernel`, grid (B, H, NC, dv / BV), all parallel: the state-free part of
+     dVn, `P^T dO`.
+  5. `_dstate_kernel`, grid (B, H, dv / BV), parallel; chunks in reverse: `dVn = P^T dO +
+     (gam k) dS` (stored), `dS <- G_C dS + (scale G q)^T dO - W^T dVn`; the adjoint of the
+     state after every chunk stored f32.
+  6. `_grad_kernel`, grid (B, H, NC, dv / BV), all parallel: dq, dk, dv, dbeta of a chunk from
+     its entering state, the adjoint after it, Vn and dVn (the formulas of
+     `delta_product._bwd_kernel`, without the chunk-to-chunk dependence). Key-side gradients
+     are partial sums over value tiles, added in the wrapper.
+The gate gradient is assembled outside, as in `pallas_kernels.delta_product`.
+
+Opt-in (`delta_product(..., chunk_parallel=True)`): tested in interpret mode only, not yet
+compiled or timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels import _common as cm
+from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse
+
+F32 = jnp.float32
+
+
+def _gates(c, C, lg_ref, sg_ref, gated):
+    """Gate factors of chunk c (`[C, 1]` / `[1, 1]` f32; None when ungated): `G_t`,
+    `G_C`, `G_C / G_t`, and the decay matrix `Gam[t, s] = G_t / G_s` (s <= t, else 0)."""
+    r, cc = cm.iotas(C)
+    if not gated:
+        return None, None, None, jnp.where(r >= cc, 1.0, 0.0).astype(F32)
+    sl = pl.ds(c * C, C)
+    lg, sg = lg_ref[sl, :], sg_ref[sl, :]
+    last = pl.ds(c * C + C - 1, 1)
+    lg_last, sg_last = lg_ref[last, :], sg_ref[last, :]
+    lg_r, sg_r = cm.col_to_row(lg), cm.col_to_row(sg)
+    gam = jnp.where(r >= cc, sg * sg_r * jnp.exp(jnp.minimum(lg - lg_r, 0.0)), 0.0)
+    return (sg * jnp.exp(lg), sg_last * jnp.exp(lg_last), sg_last * sg * jnp.exp(lg_last - lg),
+            gam)
+
+
+def _scaled(x, f):
+    return x if f is None else f * x
+
+
+# ------------------------------------------------------------------------------------------
+# kernels
+# ------------------------------------------------------------------------------------------
+def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, gated):
+    # one chunk: k [C, dk]; v [C, dv]; b/lg/sg [C, 1] -> m [C, C] f32; w [C, dk]; u [C, dv]
+    k = k_ref[...]
+    dt = k.dtype
+    beta = b_ref[...].astype(F32)
+    minv = chunk_inverse(k, beta, lg_ref[...], sg_ref[...], C, gated)
+    m_ref[...] = minv
+    tm = minv * cm.col_to_row(beta)
+    g_col = _gates(0, C, lg_ref, sg_ref, gated)[0]
+    w_ref[...] = cm.mm(tm, _scaled(k.astype(F32), g_col), dt).astype(w_ref.dtype)
+    u_ref[...] = cm.mm(tm, v_ref[...], dt).astype(u_ref.dtype)
+
+
+def _state_kernel(k_ref, w_ref, u_ref, lg_ref, sg_ref, h0_ref, vn_ref, hs_ref, ht_ref, *,
+                  C, NC, dk, gated):
+    # k, w: [L, dk]; u, vn: [L, BV]; lg/sg: [L, 1]; h0, ht: [dk, BV]; hs: [NC * dk, BV]
+    dt = k_ref.dtype
+
+    def body(c, s):
+        hs_ref[pl.ds(c * dk, dk), :] = s
+        sl = pl.ds(c * C, C)
+        _, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated)
+        vn = u_ref[sl, :].astype(F32) - cm.mm(w_ref[sl, :], s, dt)
+        vn_ref[sl, :] = vn.astype(vn_ref.dtype)
+        kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
+        return _scaled(s, g_end) + cm.mm_tn(kend, vn, dt)
+
+    ht_ref[...] = lax.fori_loop(0, NC, body, h0_ref[...].astype(F32))
+
+
+def _out_kernel(q_ref, k_ref, lg_ref, sg_ref, vn_ref, h_ref, o_ref, *, C, scale, gated):
+    # one chunk and value tile: q, k [C, dk]; lg/sg [C, 1]; vn, o [C, BV]; h [dk, BV] f32
+    dt = q_ref.dtype
+    q = q_ref[...].astype(F32) * scale
+    g_col, _, _, gam = _gates(0, C, lg_ref, sg_ref, gated)
+    p = cm.mm_nt(q, k_ref[...], dt) * gam
+    o = cm.mm(_scaled(q, g_col), h_ref[...], dt) + cm.mm(p, vn_ref[...], dt)
+    o_ref[...] = o.astype(o_ref.dtype)
+
+
+def _dvn_local_kernel(q_ref, k_ref, lg_ref, sg_ref, do_ref, d_ref, *, C, scale, gated):
+    # one chunk and value tile: dVn's state-free part P^T dO, [C, BV] f32
+    dt = q_ref.dtype
+    q = q_ref[...].astype(F32) * scale
+    gam = _gates(0, C, lg_ref, sg_ref, gated)[3]
+    p = cm.mm_nt(q, k_ref[...], dt) * gam
+    d_ref[...] = cm.mm_tn(p, do_ref[...], dt)
+
+
+def _dstate_kernel(q_ref, k_ref, w_ref, lg_ref, sg_ref, do_ref, dl_ref, dht_ref,
+                   dvn_ref, dhs_ref, dh0_ref, *, C, NC, dk, scale, gated):
+    # q, k, w: [L, dk]; do, dl (P^T dO), dvn: [L, BV]; dht, dh0: [dk, BV];
+    # dhs: [NC * dk, BV] (adjoint of the state after chunk c)
+    dt = q_ref.dtype
+
+    def body(i, ds):
+        c = NC - 1 - i
+        dhs_ref[pl.ds(c * dk, dk), :] = ds
+        sl = pl.ds(c * C, C)
+        g_col, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated)
+        kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
+        dvn = dl_ref[sl, :] + cm.mm(kend, ds, dt)
+        dvn_ref[sl, :] = dvn
+        gq = _scaled(q_ref[sl, :].astype(F32) * scale, g_col)
+        return (_scaled(ds, g_end) + cm.mm_tn(gq, do_ref[sl, :], dt)
+                - cm.mm_tn(w_ref[sl, :], dvn, dt))
+
+    dh0_ref[...] = lax.fori_loop(0, NC, body, dht_ref[...].astype(F32))
+
+
+def _grad_kernel(q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dh_ref, vn_ref,
+                 dvn_ref, do_ref, dq_ref, dk_ref, dv_ref, db_ref, *, C, scale, gated):
+    # one chunk and value tile: q, k [C, dk]; v, vn, dvn, do, dv [C, BV]; b/lg/sg [C, 1];
+    # m [C, C]; h (entering state), dh (adjoint after the chunk) [dk, BV];
+    # dq, dk [C, dk] and db [C, 1]: this value tile's parts
+    dt = q_ref.dtype
+    r, cc = cm.iotas(C)
+    q = q_ref[...].astype(F32) * scale
+    k = k_ref[...].astype(F32)
+    v = v_ref[...]
+    beta = b_ref[...].astype(F32)
+    beta_r = cm.col_to_row(beta)
+    g_col, _, g_to_end, gam = _gates(0, C, lg_ref, sg_ref, gated)
+    minv = m_ref[...]
+    tm = minv * beta_r
+    gk = _scaled(k, g_col)
+    s0, ds = h_ref[...], dh_ref[...]
+    vn, dvn = vn_ref[...], dvn_ref[...]
+    do = do_ref[...].astype(F32)
+    # output and end-state paths
+    dpg = jnp.where(r >= cc, cm.mm_nt(do, vn, dt), 0.0) * gam  # [C, C]
+    dq = _scaled(cm.mm_nt(do, s0, dt), g_col) + cm.mm(dpg, k, dt)
+    dkk = cm.mm_tn(dpg, q, dt) + _scaled(cm.mm_nt(vn, ds, dt), g_to_end)
+    # W = Tm (G k), U = Tm V, Vn = U - W S0
+    dw = -cm.mm_nt(dvn, s0, dt)  # [C, dk]
+    dtm = cm.mm_nt(dw, gk, dt) + cm.mm_nt(dvn, v, dt)  # [C, C]
+    dkk = dkk + _scaled(cm.mm_tn(tm, dw, dt), g_col)
+    dv_ref[...] = cm.mm_tn(tm, dvn, dt)
+    # Tm = Minv diag(beta), Minv = (I + A)^{-1}
+    db_r = jnp.sum(dtm * minv, axis=0, keepdims=True)  # [1, C]
+    dm = -cm.mm_tn(minv, cm.mm_nt(dtm * beta_r, minv))  # -Minv^T dMinv Minv^T (f32)
+    da = jnp.where(r > cc, dm, 0.0)
+    kk = cm.mm_nt(k_ref[...], k_ref[...], dt)
+    db_c = jnp.sum(da * kk * gam, axis=1, keepdims=True)  # [C, 1]
+    dkk_mat = da * beta * gam
+    dkk = dkk + cm.mm(dkk_mat, k, dt) + cm.mm_tn(dkk_mat, k, dt)
+    dq_ref[...] = dq * scale
+    dk_ref[...] = dkk
+    db_ref[...] = db_c + cm.row_to_col(db_r)
+
+
+# ------------------------------------------------------------------------------------------
+# pallas_call wrappers
+# ------------------------------------------------------------------------------------------
+def _params(platform, n, num_warps):
+    return cm.compiler_params(platform, n, num_warps=num_warps, num_stages=1)
+
+
+def _chunk_specs(B, H, Lp, dk, dv, C, NC, bv):
+    """Chunk-parallel kernels: grid (B, H, NC, dv / bv), all parallel."""
+    ck = cm.block_spec((B, H, Lp, dk), (None, None, C, dk), lambda b, h, c, j: (b, h, c, 0))
+    c1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c, j: (b, h, c, 0))
+    cv = cm.block_spec((B, H, Lp, dv), (None, None, C, bv), lambda b, h, c, j: (b, h, c, j))
+    cm_ = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c, j: (b, h, c, 0))
+    st = cm.block_spec((B, H, NC * dk, dv), (None, None, dk, bv),
+                       lambda b, h, c, j: (b, h, c, j))
+    nv = dv // bv
+    pk = cm.block_spec((nv, B, H, Lp, dk), (None, None, None, C, dk),
+                       lambda b, h, c, j: (j, b, h, c, 0))
+    p1 = cm.block_spec((nv, B, H, Lp, 1), (None, None, None, C, 1),
+                       lambda b, h, c, j: (j, b, h, c, 0))
+    return ck, c1, cv, cm_, st, pk, p1
+
+
+def _seq_specs(B, H, Lp, dk, dv, bv, NC):
+    """Sequential kernels: grid (B, H, dv / bv), all parallel."""
+    sk = cm.block_spec((B, H, Lp, dk), (None, None, Lp, dk), lambda b, h, j: (b, h, 0, 0))
+    s1 = cm.block_spec((B, H, Lp, 1), (None, None, Lp, 1), lambda b, h, j: (b, h, 0, 0))
+    sv = cm.block_spec((B, H, Lp, dv), (None, None, Lp, bv), lambda b, h, j: (b, h, 0, j))
+    state = cm.block_spec((B, H, dk, dv), (None, None, dk, bv), lambda b, h, j: (b, h, 0, j))
+    states = cm.block_spec((B, H, NC * dk, dv), (None, None, NC * dk, bv),
+                           lambda b, h, j: (b, h, 0, j))
+    return sk, s1, sv, state, states
+
+
+def _wu(ki, vi, bi, lgc, sgc, cfg):
+    C, _, gated, interpret, platform, _, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = vi.shape[-1]
+    NC = Lp // C
+    blk_k = cm.block_spec((B, H, Lp, dk), (None, None, C, dk), lambda b, h, c: (b, h, c, 0))
+    blk_v = cm.block_spec((B, H, Lp, dv), (None, None, C, dv), lambda b, h, c: (b, h, c, 0))
+    blk_1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c: (b, h, c, 0))
+    blk_m = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c: (b, h, c, 0))
+    return cm.pallas_call(
+        platform, functools.partial(_wu_kernel, C=C, gated=gated),
+        grid=(B, H, NC),  # all parallel
+        in_specs=[blk_k, blk_v, blk_1, blk_1, blk_1],
+        out_specs=[blk_m, blk_k, blk_v],
+        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, C), F32),
+                   jax.ShapeDtypeStruct((B, H, Lp, dk), ki.dtype),
+                   jax.ShapeDtypeStruct((B, H, Lp, dv), ki.dtype)],
+        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        name="lrnn_delta_chunk_wu",
+    )(ki, vi, bi, lgc, sgc)
+
+
+def _states(ki, w, u, lgc, sgc, h0, cfg):
+    C, _, gated, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = u.shape[-1]
+    NC = Lp // C
+    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
+    return cm.pallas_call(
+        platform, functools.partial(_state_kernel, C=C, NC=NC, dk=dk, gated=gated),
+        grid=(B, H, dv // bv),  # all parallel
+        in_specs=[sk, sk, sv, s1, s1, state],
+        out_specs=[sv, states, state],
+        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, dv), ki.dtype),
+                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
+                   jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
+        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        name="lrnn_delta_chunk_state",
+    )(ki, w, u, lgc, sgc, h0)
+
+
+def _outputs(qi, ki, lgc, sgc, vn, hs, cfg):
+    C, scale, gated, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = vn.shape[-1]
+    NC = Lp // C
+    ck, c1, cv, _, st, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    return cm.pallas_call(
+        platform, functools.partial(_out_kernel, C=C, scale=scale, gated=gated),
+        grid=(B, H, NC, dv // bv),  # all parallel
+        in_specs=[ck, ck, c1, c1, cv, st],
+        out_specs=cv,
+        out_shape=jax.ShapeDtypeStruct((B, H, Lp, dv), qi.dtype),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_delta_chunk_out",
+    )(qi, ki, lgc, sgc, vn, hs)
+
+
+def _dvn_local(qi, ki, lgc, sgc, do, cfg):
+    C, scale, gated, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = do.shape[-1]
+    NC = Lp // C
+    ck, c1, cv, _, _, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    return cm.pallas_call(
+        platform, functools.partial(_dvn_local_kernel, C=C, scale=scale, gated=gated),
+        grid=(B, H, NC, dv // bv),  # all parallel
+        in_specs=[ck, ck, c1, c1, cv],
+        out_specs=cv,
+        out_shape=jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_delta_chunk_dvn_local",
+    )(qi, ki, lgc, sgc, do)
+
+
+def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
+    C, scale, gated, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = do.shape[-1]
+    NC = Lp // C
+    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
+    return cm.pallas_call(
+        platform,
+        functools.partial(_dstate_kernel, C=C, NC=NC, dk=dk, scale=scale, gated=gated),
+        grid=(B, H, dv // bv),  # all parallel
+        in_specs=[sk, sk, sk, s1, s1, sv, sv, state],
+        out_specs=[sv, states, state],
+        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
+                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
+                   jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
+        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        name="lrnn_delta_chunk_dstate",
+    )(qi, ki, w, lgc, sgc, do, dl, dht)
+
+
+def _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg):
+    C, scale, gated, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = ki.shape
+    dv = vi.shape[-1]
+    NC = Lp // C
+    nv = dv // bv
+    ck, c1, cv, cmm, st, pk, p1 = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    dq, dk_, dv_, db = cm.pallas_call(
+        platform, functools.partial(_grad_kernel, C=C, scale=scale, gated=gated),
+        grid=(B, H, NC, nv),  # all parallel
+        in_specs=[ck, ck, cv, c1, c1, c1, cmm, st, st, cv, cv, cv],
+        out_specs=[pk, pk, cv, p1],
+        out_shape=[jax.ShapeDtypeStruct((nv, B, H, Lp, dk), F32),
+                   jax.ShapeDtypeStruct((nv, B, H, Lp, dk), F32),
+                   jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
+                   jax.ShapeDtypeStruct((nv, B, H, Lp, 1), F32)],
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_delta_chunk_grad",
+    )(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do)
+    return dq.sum(0), dk_.sum(0), dv_, db.sum(0)
+
+
+# ------------------------------------------------------------------------------------------
+# custom_vjp core (same contract as delta_product._core)
+# ------------------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def core(qi, ki, vi, bi, la, sa, h0, cfg):
+    """`(o [B, H, Lp, dv], final state)` from the interleaved `[B, H, Lp, *]` inputs;
+    cfg = (C, scale, gated, interpret, platform, bv, num_warps)."""
+    (o, ht), _ = _core_fwd(qi, ki, vi, bi, la, sa, h0, cfg)
+    return o, ht
+
+
+def _core_fwd(qi, ki, vi, bi, la, sa, h0, cfg):
+    C, gated = cfg[0], cfg[2]
+    lgc, sgc = _chunk_cumulative(la, sa, C, gated)
+    m, w, u = _wu(ki, vi, bi, lgc, sgc, cfg)
+    vn, hs, ht = _states(ki, w, u, lgc, sgc, h0, cfg)
+    o = _outputs(qi, ki, lgc, sgc, vn, hs, cfg)
+    return (o, ht), (qi, ki, vi, bi, la, sa, lgc, sgc, m, w, vn, hs, ht)
+
+
+def _core_bwd(cfg, res, cts):
+    qi, ki, vi, bi, la, sa, lgc, sgc, m, w, vn, hs, ht = res
+    do, dht = cts
+    gated = cfg[2]
+    dl = _dvn_local(qi, ki, lgc, sgc, do, cfg)
+    dvn, dhs, dh0 = _adjoints(qi, ki, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
+    dq, dk, dv, db = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
+    if gated:
+        # d log|g_u| = sum_{t >= u} (q_t . dq_t - v_t . dv_t) + sum(S_T * dS_T)
+        per_t = jnp.sum(qi.astype(F32) * dq, -1) - jnp.sum(vi.astype(F32) * dv, -1)
+        rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, -1), -1), -1)
+        dla = rev + jnp.sum(ht * dht, axis=(-2, -1))[..., None]
+    else:
+        dla = jnp.zeros_like(la)
+    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),
+            dla, jnp.zeros_like(sa), dh0)
+
+
+core.defvjp(_core_fwd, _core_bwd)
