@@ -38,7 +38,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
-from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse
+from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse, gate_grad
 
 F32 = jnp.float32
 
@@ -355,15 +355,8 @@ def _core_bwd(cfg, res, cts):
     dl = _dvn_local(qi, ki, lgc, sgc, do, cfg)
     dvn, dhs, dh0 = _adjoints(qi, ki, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
     dq, dk, dv, db = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
-    if gated:
-        # d log|g_u| = sum_{t >= u} (q_t . dq_t - v_t . dv_t) + sum(S_T * dS_T)
-        per_t = jnp.sum(qi.astype(F32) * dq, -1) - jnp.sum(vi.astype(F32) * dv, -1)
-        rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, -1), -1), -1)
-        dla = rev + jnp.sum(ht * dht, axis=(-2, -1))[..., None]
-    else:
-        dla = jnp.zeros_like(la)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),
-            dla, jnp.zeros_like(sa), dh0)
+            gate_grad(qi, dq, vi, dv, ht, dht, la, gated), jnp.zeros_like(sa), dh0)
 
 
 core.defvjp(_core_fwd, _core_bwd)

@@ -325,15 +325,18 @@ def _core_bwd_rule(cfg, res, cts):
     gated = cfg[2]
     dq, dk, dv, db, dh0 = _kernel_bwd(qi, ki, vi, bi, lgc, sgc, m, hs, do, dht.astype(F32),
                                       cfg)
-    if gated:
-        # d log|g_u| = sum_{t >= u} (q_t . dq_t - v_t . dv_t) + sum(S_T * dS_T)
-        per_t = jnp.sum(qi.astype(F32) * dq, -1) - jnp.sum(vi.astype(F32) * dv, -1)  # [B,H,Lp]
-        rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, -1), -1), -1)
-        dla = rev + jnp.sum(ht * dht, axis=(-2, -1))[..., None]
-    else:
-        dla = jnp.zeros_like(la)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),
-            dla, jnp.zeros_like(sa), dh0)
+            gate_grad(qi, dq, vi, dv, ht, dht, la, gated), jnp.zeros_like(sa), dh0)
+
+
+def gate_grad(qi, dq, vi, dv, ht, dht, la, gated):
+    """Gradient of the per-sub-step log|gate| `[B, H, Lp]` (zeros when ungated):
+    `d log|g_u| = sum_{t >= u} (q_t . dq_t - v_t . dv_t) + sum(S_T * dS_T)`."""
+    if not gated:
+        return jnp.zeros_like(la)
+    per_t = jnp.sum(qi.astype(F32) * dq, -1) - jnp.sum(vi.astype(F32) * dv, -1)  # [B,H,Lp]
+    rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, -1), -1), -1)
+    return rev + jnp.sum(ht * dht.astype(F32), axis=(-2, -1))[..., None]
 
 
 _core.defvjp(_core_fwd_rule, _core_bwd_rule)

@@ -299,12 +299,16 @@ def _core_bwd(cfg, res, cts):
     do, dht = cts
     dht = dht.astype(F32)
     dq, dk, dv, dh0 = _kernel_bwd(qi, ki, vi, lgc, sgc, gl, hs, do, dht, cfg)
-    # d log|g_u| = sum_{t >= u} (q_t dq_t - k_t dk_t) + rowsum(S_T * dS_T)   (per key)
+    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype),
+            gate_grad(qi, dq, ki, dk, ht, dht), jnp.zeros_like(sa), dh0)
+
+
+def gate_grad(qi, dq, ki, dk, ht, dht):
+    """Gradient of the per-key log|gate| `[B, H, Lp, dk]`:
+    `d log|g_u| = sum_{t >= u} (q_t dq_t - k_t dk_t) + rowsum(S_T * dS_T)`."""
     per_t = qi.astype(F32) * dq - ki.astype(F32) * dk  # [B, H, Lp, dk]
     rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, 2), 2), 2)
-    dla = rev + jnp.sum(ht * dht, axis=-1)[:, :, None, :]
-    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), dla,
-            jnp.zeros_like(sa), dh0)
+    return rev + jnp.sum(ht * dht, axis=-1)[:, :, None, :]
 
 
 _core.defvjp(_core_fwd, _core_bwd)

@@ -38,6 +38,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
+from pallas_kernels.gla import gate_grad
 
 F32 = jnp.float32
 SUB = 16  # queries per sub-block inside a chunk
@@ -285,12 +286,8 @@ def _core_bwd(cfg, res, cts):
     dht = dht.astype(F32)
     dhs, dh0 = _adjoints(qi, lgc, sgc, gc, do, dht, cfg)
     dq, dk, dv = _grads(qi, ki, vi, lgc, sgc, hs, dhs, do, cfg)
-    # d log|g_u| = sum_{t >= u} (q_t dq_t - k_t dk_t) + rowsum(S_T * dS_T)   (per key)
-    per_t = qi.astype(F32) * dq - ki.astype(F32) * dk
-    rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, 2), 2), 2)
-    dla = rev + jnp.sum(ht * dht, axis=-1)[:, :, None, :]
-    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), dla,
-            jnp.zeros_like(sa), dh0)
+    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype),
+            gate_grad(qi, dq, ki, dk, ht, dht), jnp.zeros_like(sa), dh0)
 
 
 core.defvjp(_core_fwd, _core_bwd)

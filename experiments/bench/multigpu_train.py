@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
 import shutil
 import sys
 
 if __name__ == "__main__":  # virtual CPU devices must be requested before JAX starts
-    _n = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--cpu-devices"),
-              "4")
-    os.environ.setdefault("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
-        os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={_n}"
+    from experiments.bench._devices import request_cpu_devices
+
+    request_cpu_devices()
 
 from pathlib import Path  # noqa: E402
 
