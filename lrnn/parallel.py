@@ -11,6 +11,11 @@ along a mesh axis runs in three steps, inside ``jax.shard_map``:
    (:func:`shard_prefix`);
 3. each device runs its local pass from that state.
 
+Steps 1 and 3 can share one local pass where the outputs are affine in the entering state:
+``lrnn.ops.gated_linear_attention`` and the delta-rule ops run their pass once (from a zero
+state, the delta rule with the transition product carried as extra state columns) and add the
+entering state's contribution with one matmul after the exchange (``benchmarks/multigpu.md``).
+
 Two exchanges are offered (``exchange=``):
 
 * ``"all_gather"`` (LASP-2 style): one ``all_gather`` of the ``P`` summaries, then every
