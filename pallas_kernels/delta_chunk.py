@@ -226,8 +226,8 @@ def _wu(ki, vi, bi, lgc, sgc, cfg):
         in_specs=[blk_k, blk_v, blk_1, blk_1, blk_1],
         out_specs=[blk_m, blk_k, blk_v],
         out_shape=[jax.ShapeDtypeStruct((B, H, Lp, C), F32),
-                   jax.ShapeDtypeStruct((B, H, Lp, dk), ki.dtype),
-                   jax.ShapeDtypeStruct((B, H, Lp, dv), ki.dtype)],
+                   jax.ShapeDtypeStruct((B, H, Lp, dk), ki.dtype),  # W: only read by dots
+                   jax.ShapeDtypeStruct((B, H, Lp, dv), F32)],  # U: enters Vn = U - W S
         interpret=interpret, compiler_params=_params(platform, 3, num_warps),
         name="lrnn_delta_chunk_wu",
     )(ki, vi, bi, lgc, sgc)
