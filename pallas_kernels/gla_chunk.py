@@ -6,7 +6,7 @@ like fla's chunk_gla so that the sequential path does one state matmul per chunk
 instead of per sub-block of 16:
 
 Forward
-  1. `_h_kernel`, grid (B, H, dv / BV), parallel; loop over chunks inside: the state entering
+  1. `_sweep_kernel`, grid (B, H, dv / BV), parallel; loop over chunks inside: the state entering
      every chunk, `S_{c+1} = diag(G_C) S_c + (K_c * G_end)^T V_c` (one `[dk, C] x [C, BV]`
      product per chunk), stored f32.
   2. `_o_kernel`, grid (B, H, NC), all parallel: per chunk and per sub-block i of 16 queries,
@@ -15,8 +15,8 @@ Forward
      `[16, C]` product whose factors are rescaled to the boundary b before sub-block i:
      `G_t / G_s = (G_t / G_b)(G_b / G_s)` with both factors of magnitude <= 1 (t > b >= s).
 Backward
-  3. `_dh_kernel`, grid (B, H, dv / BV), parallel; chunks in reverse: the adjoint of the
-     state after every chunk, `dS_c = diag(G_C) dS_{c+1} + (scale Q_c * G)^T dO_c`.
+  3. `_sweep_kernel` (reverse), grid (B, H, dv / BV), parallel; chunks in reverse: the
+     adjoint of the state after every chunk, `dS_c = diag(G_C) dS_{c+1} + (scale Q_c * G)^T dO_c`.
   4. `_grad_kernel`, grid (B, H, NC), all parallel: dq, dk, dv of a chunk from its entering
      state and the adjoint after it (inter-chunk parts as `[C, *]` products, intra-chunk parts
      sub-block by sub-block as in 2).
@@ -65,35 +65,29 @@ def _boundary(i, lg_ref, sg_ref, lg, sg, lg_all, sg_all, C):
     return fq, fk, s_idx < i * SUB
 
 
-def _h_kernel(k_ref, v_ref, lg_ref, sg_ref, gc_ref, h0_ref, hs_ref, ht_ref, *, NC, C, dk):
-    # k/lg/sg: [Lp, dk]; v: [Lp, BV]; gc: [NC * dk, 1]; h0, ht: [dk, BV]; hs: [NC * dk, BV]
-    dt = k_ref.dtype
+def _sweep_kernel(x_ref, y_ref, lg_ref, sg_ref, gc_ref, s0_ref, ss_ref, sT_ref, *, NC, C, dk,
+                  scale, reverse):
+    """The chunk-to-chunk sweep (grid (B, H, dv / BV)). Forward (`x, y = k, v`): the state
+    entering every chunk, `S <- diag(G_C) S + (k * G_C / G)^T v`. Backward (`reverse`,
+    `x, y = q, dO`): the adjoint after every chunk, `dS <- diag(G_C) dS + (scale q * G)^T dO`.
+    x/lg/sg: [Lp, dk]; y: [Lp, BV]; gc: [NC * dk, 1]; s0, sT: [dk, BV]; ss: [NC * dk, BV] f32
+    (`ss[c]`: the value before chunk c's update)."""
+    dt = x_ref.dtype
 
-    def chunk(c, h):
-        hs_ref[pl.ds(c * dk, dk), :] = h
+    def chunk(i, st):
+        c = NC - 1 - i if reverse else i
+        ss_ref[pl.ds(c * dk, dk), :] = st
         sl = pl.ds(c * C, C)
-        last = pl.ds(c * C + C - 1, 1)
         lg, sg = lg_ref[sl, :], sg_ref[sl, :]
-        g_end = sg_ref[last, :] * sg * jnp.exp(lg_ref[last, :] - lg)
-        kk = k_ref[sl, :].astype(F32) * g_end
-        return gc_ref[pl.ds(c * dk, dk), :] * h + cm.mm_tn(kk, v_ref[sl, :], dt)
+        if reverse:
+            f = scale * sg * jnp.exp(lg)
+        else:
+            last = pl.ds(c * C + C - 1, 1)
+            f = sg_ref[last, :] * sg * jnp.exp(lg_ref[last, :] - lg)
+        xf = x_ref[sl, :].astype(F32) * f
+        return gc_ref[pl.ds(c * dk, dk), :] * st + cm.mm_tn(xf, y_ref[sl, :], dt)
 
-    ht_ref[...] = lax.fori_loop(0, NC, chunk, h0_ref[...].astype(F32))
-
-
-def _dh_kernel(q_ref, lg_ref, sg_ref, do_ref, gc_ref, dht_ref, dhs_ref, dh0_ref, *, NC, C, dk,
-               scale):
-    # q/lg/sg: [Lp, dk]; do: [Lp, BV]; dht, dh0: [dk, BV]; dhs: [NC * dk, BV] (after chunk c)
-    dt = q_ref.dtype
-
-    def chunk(i, dh):
-        c = NC - 1 - i
-        dhs_ref[pl.ds(c * dk, dk), :] = dh
-        sl = pl.ds(c * C, C)
-        qg = q_ref[sl, :].astype(F32) * (scale * sg_ref[sl, :] * jnp.exp(lg_ref[sl, :]))
-        return gc_ref[pl.ds(c * dk, dk), :] * dh + cm.mm_tn(qg, do_ref[sl, :], dt)
-
-    dh0_ref[...] = lax.fori_loop(0, NC, chunk, dht_ref[...].astype(F32))
+    sT_ref[...] = lax.fori_loop(0, NC, chunk, s0_ref[...].astype(F32))
 
 
 def _o_kernel(q_ref, k_ref, v_ref, lg_ref, sg_ref, h_ref, o_ref, *, C, scale):
@@ -181,22 +175,24 @@ def _params(platform, num_warps):
     return cm.compiler_params(platform, 3, num_warps=num_warps, num_stages=1)
 
 
-def _states(ki, vi, lgc, sgc, gc, h0, cfg):
-    C, _, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
-    dv = vi.shape[-1]
+def _sweep(x, y, lgc, sgc, gc, s0, cfg, reverse):
+    """`(ss [B, H, NC * dk, dv], final [B, H, dk, dv])` of `_sweep_kernel`."""
+    C, scale, interpret, platform, bv, num_warps = cfg
+    B, H, Lp, dk = x.shape
+    dv = y.shape[-1]
     NC = Lp // C
     seq_k, seq_v, gcs, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
     return cm.pallas_call(
-        platform, functools.partial(_h_kernel, NC=NC, C=C, dk=dk),
+        platform,
+        functools.partial(_sweep_kernel, NC=NC, C=C, dk=dk, scale=scale, reverse=reverse),
         grid=(B, H, dv // bv),  # all parallel
         in_specs=[seq_k, seq_v, seq_k, seq_k, gcs, state],
         out_specs=[states, state],
         out_shape=[jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
         interpret=interpret, compiler_params=_params(platform, num_warps),
-        name="lrnn_gla_chunk_h",
-    )(ki, vi, lgc, sgc, gc, h0)
+        name="lrnn_gla_chunk_dh" if reverse else "lrnn_gla_chunk_h",
+    )(x, y, lgc, sgc, gc, s0)
 
 
 def _outputs(qi, ki, vi, lgc, sgc, hs, cfg):
@@ -214,24 +210,6 @@ def _outputs(qi, ki, vi, lgc, sgc, hs, cfg):
         interpret=interpret, compiler_params=_params(platform, num_warps),
         name="lrnn_gla_chunk_o",
     )(qi, ki, vi, lgc, sgc, hs)
-
-
-def _adjoints(qi, lgc, sgc, gc, do, dht, cfg):
-    C, scale, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = qi.shape
-    dv = do.shape[-1]
-    NC = Lp // C
-    seq_k, seq_v, gcs, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
-    return cm.pallas_call(
-        platform, functools.partial(_dh_kernel, NC=NC, C=C, dk=dk, scale=scale),
-        grid=(B, H, dv // bv),  # all parallel
-        in_specs=[seq_k, seq_k, seq_k, seq_v, gcs, state],
-        out_specs=[states, state],
-        out_shape=[jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
-                   jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
-        interpret=interpret, compiler_params=_params(platform, num_warps),
-        name="lrnn_gla_chunk_dh",
-    )(qi, lgc, sgc, do, gc, dht)
 
 
 def _grads(qi, ki, vi, lgc, sgc, hs, dhs, do, cfg):
@@ -275,7 +253,7 @@ def core(qi, ki, vi, la, sa, h0, cfg):
 
 def _core_fwd(qi, ki, vi, la, sa, h0, cfg):
     lgc, sgc, gc = prep_gates(la, sa, cfg[0])
-    hs, ht = _states(ki, vi, lgc, sgc, gc, h0, cfg)
+    hs, ht = _sweep(ki, vi, lgc, sgc, gc, h0, cfg, reverse=False)
     o = _outputs(qi, ki, vi, lgc, sgc, hs, cfg)
     return (o, ht), (qi, ki, vi, lgc, sgc, gc, hs, ht, sa)
 
@@ -284,7 +262,7 @@ def _core_bwd(cfg, res, cts):
     qi, ki, vi, lgc, sgc, gc, hs, ht, sa = res
     do, dht = cts
     dht = dht.astype(F32)
-    dhs, dh0 = _adjoints(qi, lgc, sgc, gc, do, dht, cfg)
+    dhs, dh0 = _sweep(qi, do, lgc, sgc, gc, dht, cfg, reverse=True)
     dq, dk, dv = _grads(qi, ki, vi, lgc, sgc, hs, dhs, do, cfg)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype),
             gate_grad(qi, dq, ki, dk, ht, dht), jnp.zeros_like(sa), dh0)
