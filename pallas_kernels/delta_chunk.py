@@ -43,18 +43,21 @@ from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse, gate_
 F32 = jnp.float32
 
 
-def _gates(c, C, lg_ref, sg_ref, gated):
+def _gates(c, C, lg_ref, sg_ref, gated, matrix=True):
     """Gate factors of chunk c (`[C, 1]` / `[1, 1]` f32; None when ungated): `G_t`,
-    `G_C`, `G_C / G_t`, and the decay matrix `Gam[t, s] = G_t / G_s` (s <= t, else 0)."""
-    r, cc = cm.iotas(C)
+    `G_C`, `G_C / G_t`, and (if `matrix`) the decay matrix `Gam[t, s] = G_t / G_s` (s <= t,
+    else 0). The sequential kernels ask for no matrix: they only scale rows."""
+    r, cc = cm.iotas(C) if matrix else (None, None)
     if not gated:
-        return None, None, None, jnp.where(r >= cc, 1.0, 0.0).astype(F32)
+        return None, None, None, (jnp.where(r >= cc, 1.0, 0.0).astype(F32) if matrix else None)
     sl = pl.ds(c * C, C)
     lg, sg = lg_ref[sl, :], sg_ref[sl, :]
     last = pl.ds(c * C + C - 1, 1)
     lg_last, sg_last = lg_ref[last, :], sg_ref[last, :]
-    lg_r, sg_r = cm.col_to_row(lg), cm.col_to_row(sg)
-    gam = jnp.where(r >= cc, sg * sg_r * jnp.exp(jnp.minimum(lg - lg_r, 0.0)), 0.0)
+    gam = None
+    if matrix:
+        lg_r, sg_r = cm.col_to_row(lg), cm.col_to_row(sg)
+        gam = jnp.where(r >= cc, sg * sg_r * jnp.exp(jnp.minimum(lg - lg_r, 0.0)), 0.0)
     return (sg * jnp.exp(lg), sg_last * jnp.exp(lg_last), sg_last * sg * jnp.exp(lg_last - lg),
             gam)
 
@@ -74,7 +77,7 @@ def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, g
     minv = chunk_inverse(k, beta, lg_ref[...], sg_ref[...], C, gated)
     m_ref[...] = minv
     tm = minv * cm.col_to_row(beta)
-    g_col = _gates(0, C, lg_ref, sg_ref, gated)[0]
+    g_col = _gates(0, C, lg_ref, sg_ref, gated, matrix=False)[0]
     w_ref[...] = cm.mm(tm, _scaled(k.astype(F32), g_col), dt).astype(w_ref.dtype)
     u_ref[...] = cm.mm(tm, v_ref[...], dt).astype(u_ref.dtype)
 
@@ -87,7 +90,7 @@ def _state_kernel(k_ref, w_ref, u_ref, lg_ref, sg_ref, h0_ref, vn_ref, hs_ref, h
     def body(c, s):
         hs_ref[pl.ds(c * dk, dk), :] = s
         sl = pl.ds(c * C, C)
-        _, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated)
+        _, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
         vn = u_ref[sl, :].astype(F32) - cm.mm(w_ref[sl, :], s, dt)
         vn_ref[sl, :] = vn.astype(vn_ref.dtype)
         kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
@@ -125,7 +128,7 @@ def _dstate_kernel(q_ref, k_ref, w_ref, lg_ref, sg_ref, do_ref, dl_ref, dht_ref,
         c = NC - 1 - i
         dhs_ref[pl.ds(c * dk, dk), :] = ds
         sl = pl.ds(c * C, C)
-        g_col, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated)
+        g_col, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
         kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
         dvn = dl_ref[sl, :] + cm.mm(kend, ds, dt)
         dvn_ref[sl, :] = dvn
