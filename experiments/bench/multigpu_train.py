@@ -16,7 +16,7 @@ seed, in this process, one after another. It writes, under ``--out``:
   run's (bottom);
 * ``table.md``: per mesh, the time per step (logged intervals after the first, which holds the
   compilation), the largest |loss difference| to the first mesh over all logged steps, the
-  final loss and accuracy, and the evaluation accuracy at ``--length``;
+  last logged loss and accuracy, and the evaluation accuracy at ``--length``;
 
 and puts ``table.md`` between ``<!-- multigpu-train begin -->`` / ``<!-- multigpu-train end
 -->`` of ``--results`` (``benchmarks/RESULTS.md``). On CPU, ``--cpu-devices`` virtual devices
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import shutil
 import sys
 
@@ -69,8 +70,6 @@ def run_config(mesh: str, *, task: str, model: str, length: int, steps: int, bat
 
 def compare(run_dirs: list[Path]) -> list[dict]:
     """Per run: step time, max |loss - loss of the first run|, last metrics, evaluation."""
-    import json
-
     curves = [load_curve(d) for d in run_dirs]
     ref = {r["step"]: r["loss"] for r in curves[0]}
     rows = []
@@ -194,8 +193,6 @@ def main(argv=None) -> int:
         (f'"{x}"' if not x or " " in x else x) for x in (argv if argv is not None
                                                           else sys.argv[1:]))
     if a.compare:
-        import json
-
         dirs = [Path(d) for d in a.compare]
         cfg0 = json.loads((dirs[0] / "config.json").read_text())
         cfg = Config(**{k: v for k, v in cfg0.items() if k in
