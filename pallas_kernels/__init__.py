@@ -9,10 +9,11 @@ kernels run with `interpret=True` (the default there), which is how CI tests the
 - `gated_linear_attention(q, k, v, gate, ...)`: gates per head or per key, signed.
 - `delta_product(q, k, v, beta, gate=None, ...)`: n_h Householder steps per token (WY form);
   DeltaNet (n_h = 1) and Gated DeltaNet are special cases.
-Each has a backward kernel behind `jax.custom_vjp`. GLA and DeltaProduct also have an opt-in
-chunk-parallel organisation (`chunk_parallel=True`; `gla_chunk.py`, `delta_chunk.py`): only the
-chunk-to-chunk state products stay sequential, as in fla. Tested in interpret mode; not yet
-compiled or timed on a GPU.
+Each has a backward kernel behind `jax.custom_vjp`. GLA and DeltaProduct also have a
+chunk-parallel organisation (`chunk_parallel`; `gla_chunk.py`, `delta_chunk.py`): only the
+chunk-to-chunk state products stay sequential, as in fla. For DeltaProduct it is the default
+for 16-bit inputs on GPU (twice as fast there as the sequential-chunk kernels); for GLA it is
+opt-in (slower than the default on GPU so far). Timings: benchmarks/RESULTS.md.
 
 GPU lowering. On jax 0.11 `pl.pallas_call` lowers to Triton (deprecated but present and the
 default when `compiler_params` is Triton's `CompilerParams`) or to Mosaic GPU (selected by

@@ -40,6 +40,20 @@ def target_platform(interpret: bool, target: str | None = None) -> str:
     return "cpu"
 
 
+_TUNING: list[dict] = [{}]
+
+
+@contextlib.contextmanager
+def tuning(**overrides):
+    """Overrides Triton compiler parameters (`num_stages`, `num_warps`) of every kernel traced
+    inside the block; for tile sweeps (`experiments.bench.stages`), not for everyday use."""
+    _TUNING.append({**_TUNING[-1], **overrides})
+    try:
+        yield
+    finally:
+        _TUNING.pop()
+
+
 def compiler_params(platform: str, n_parallel: int, *, num_warps: int = 4, num_stages: int = 2):
     """Backend compiler parameters.
 
@@ -50,7 +64,9 @@ def compiler_params(platform: str, n_parallel: int, *, num_warps: int = 4, num_s
     if platform == "gpu":
         from jax.experimental.pallas import triton as pltriton
 
-        return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+        t = _TUNING[-1]
+        return pltriton.CompilerParams(num_warps=t.get("num_warps", num_warps),
+                                       num_stages=t.get("num_stages", num_stages))
     if platform == "tpu":
         from jax.experimental.pallas import tpu as pltpu
 
@@ -191,6 +207,35 @@ def unit_lower_inverse(a, a_t):
         return x - jnp.where(r == i, new, 0.0)
 
     return lax.fori_loop(1, n, body, x0)
+
+
+def unit_lower_inverse_blocked(a, blk: int = 16):
+    """`(I + A)^{-1}` for strictly lower-triangular `A` `[C, C]` (f32), C a multiple of `blk`:
+    block forward substitution built from `[C, C]` matmuls.
+
+    1. The diagonal blocks, all at once: `blk` substitution steps, step j finishing row j of
+       every block, `X <- X - mask_j(A_diag X)` (rows j of each block only read rows < j of
+       that block, already final).
+    2. Block rows i = 1 .. C / blk - 1 in order: `X_i <- D_i - D_ii sum_{k<i} A_ik X_k`
+       (D = the block-diagonal inverse of step 1), as `X <- X - D (mask_i(A) X)`.
+    The same algorithm as row-by-row substitution, reordered (so as stable for any A), but
+    `blk + 2 (C / blk - 1)` matmuls replace C sequential masked reductions.
+    """
+    n = a.shape[0]
+    r, c = iotas(n)
+    eye = jnp.where(r == c, 1.0, 0.0).astype(F32)
+    a_diag = jnp.where(r // blk == c // blk, a, 0.0)
+    rmod = r % blk
+
+    def diag_step(j, x):
+        return x - jnp.where(rmod == j, mm(a_diag, x), 0.0)
+
+    d = lax.fori_loop(1, blk, diag_step, eye)
+    x = d
+    for i in range(1, n // blk):  # static: a handful of block rows
+        a_i = jnp.where((r // blk == i) & (c < i * blk), a, 0.0)
+        x = x - mm(d, mm(a_i, x))
+    return x
 
 
 def pad_axis(x, axis: int, size: int, value=0.0):

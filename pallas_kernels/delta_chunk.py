@@ -24,8 +24,8 @@ Backward
      are partial sums over value tiles, added in the wrapper.
 The gate gradient is assembled outside, as in `pallas_kernels.delta_product`.
 
-Opt-in (`delta_product(..., chunk_parallel=True)`): tested in interpret mode only, not yet
-compiled or timed on a GPU.
+The default of `delta_product` for 16-bit inputs on a GPU (`chunk_parallel=None`); opt-in
+elsewhere. Compiled and timed on an H200 (tests/test_pallas_gpu.py, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _state_kernel(k_ref, w_ref, u_ref, lg_ref, sg_ref, h0_ref, vn_ref, hs_ref, h
     dt = k_ref.dtype
 
     def body(c, s):
-        hs_ref[pl.ds(c * dk, dk), :] = s
+        hs_ref[pl.ds(c * dk, dk), :] = s.astype(hs_ref.dtype)
         sl = pl.ds(c * C, C)
         _, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
         vn = u_ref[sl, :].astype(F32) - cm.mm(w_ref[sl, :], s, dt)
@@ -126,12 +126,12 @@ def _dstate_kernel(q_ref, k_ref, w_ref, lg_ref, sg_ref, do_ref, dl_ref, dht_ref,
 
     def body(i, ds):
         c = NC - 1 - i
-        dhs_ref[pl.ds(c * dk, dk), :] = ds
+        dhs_ref[pl.ds(c * dk, dk), :] = ds.astype(dhs_ref.dtype)
         sl = pl.ds(c * C, C)
         g_col, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
         kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
         dvn = dl_ref[sl, :] + cm.mm(kend, ds, dt)
-        dvn_ref[sl, :] = dvn
+        dvn_ref[sl, :] = dvn.astype(dvn_ref.dtype)
         gq = _scaled(q_ref[sl, :].astype(F32) * scale, g_col)
         return (_scaled(ds, g_end) + cm.mm_tn(gq, do_ref[sl, :], dt)
                 - cm.mm_tn(w_ref[sl, :], dvn, dt))
@@ -166,7 +166,7 @@ def _grad_kernel(q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dh_re
     dw = -cm.mm_nt(dvn, s0, dt)  # [C, dk]
     dtm = cm.mm_nt(dw, gk, dt) + cm.mm_nt(dvn, v, dt)  # [C, C]
     dkk = dkk + _scaled(cm.mm_tn(tm, dw, dt), g_col)
-    dv_ref[...] = cm.mm_tn(tm, dvn, dt)
+    dv_ref[...] = cm.mm_tn(tm, dvn, dt).astype(dv_ref.dtype)
     # Tm = Minv diag(beta), Minv = (I + A)^{-1}
     db_r = jnp.sum(dtm * minv, axis=0, keepdims=True)  # [1, C]
     dm = -cm.mm_tn(minv, cm.mm_nt(dtm * beta_r, minv))  # -Minv^T dMinv Minv^T (f32)
@@ -175,39 +175,76 @@ def _grad_kernel(q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dh_re
     db_c = jnp.sum(da * kk * gam, axis=1, keepdims=True)  # [C, 1]
     dkk_mat = da * beta * gam
     dkk = dkk + cm.mm(dkk_mat, k, dt) + cm.mm_tn(dkk_mat, k, dt)
-    dq_ref[...] = dq * scale
-    dk_ref[...] = dkk
+    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+    dk_ref[...] = dkk.astype(dk_ref.dtype)
     db_ref[...] = db_c + cm.row_to_col(db_r)
 
 
 # ------------------------------------------------------------------------------------------
 # pallas_call wrappers
 # ------------------------------------------------------------------------------------------
+# Sequence arrays (q, k, v, W, U, Vn, o, dO and the gradients) come in one of two layouts,
+# cfg[7]: "bhtd" `[B, H, Lp, d]` (TPU: the blocks' last two dims are then `[rows, d]`, legal)
+# or "bthd" `[B, Lp, H, d]` (GPU: the caller's own layout, so no transposes around the
+# kernels; a block `[rows, d]` is a strided load, which the Triton lowering handles). Per-token
+# scalars (beta, gates) `[B, H, Lp, 1]`, the inverses `[B, H, Lp, C]` and the chunk states
+# `[B, H, NC * dk, dv]` are always head-major.
+
+
+def _dims(x, layout):
+    """`(B, H, Lp, d)` of a sequence array."""
+    if layout == "bthd":
+        B, Lp, H, d = x.shape
+        return B, H, Lp, d
+    return x.shape
+
+
+def _seq_shape(B, H, Lp, d, layout, lead=()):
+    return (*lead, B, Lp, H, d) if layout == "bthd" else (*lead, B, H, Lp, d)
+
+
+def _tspec(B, H, Lp, d, rows, cols, layout, imap, lead=()):
+    """Block spec of a sequence array (with leading dims of sizes `lead`, squeezed): blocks
+    of `[rows, cols]`; `imap(*grid)` gives the `(*lead indices, b, h, row block, col block)`
+    of the head-major view."""
+    lead_blk = (None,) * len(lead)
+    if layout == "bthd":
+        def bt_map(*g):
+            *ld, b, h, r, c = imap(*g)
+            return (*ld, b, r, h, c)
+
+        return cm.block_spec(_seq_shape(B, H, Lp, d, layout, lead),
+                             (*lead_blk, None, rows, None, cols), bt_map)
+    return cm.block_spec(_seq_shape(B, H, Lp, d, layout, lead),
+                         (*lead_blk, None, None, rows, cols), imap)
+
+
 def _params(platform, n, num_warps):
-    return cm.compiler_params(platform, n, num_warps=num_warps, num_stages=1)
+    # num_stages=3: Triton software-pipelines the chunk loops' loads (H200, DeltaNet fwd+bwd
+    # 2.3 ms against 2.8 ms with 1 stage; `experiments.bench.stages --stages 1,3`)
+    return cm.compiler_params(platform, n, num_warps=num_warps, num_stages=3)
 
 
-def _chunk_specs(B, H, Lp, dk, dv, C, NC, bv):
+def _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout):
     """Chunk-parallel kernels: grid (B, H, NC, dv / bv), all parallel."""
-    ck = cm.block_spec((B, H, Lp, dk), (None, None, C, dk), lambda b, h, c, j: (b, h, c, 0))
+    ck = _tspec(B, H, Lp, dk, C, dk, layout, lambda b, h, c, j: (b, h, c, 0))
+    cv = _tspec(B, H, Lp, dv, C, bv, layout, lambda b, h, c, j: (b, h, c, j))
     c1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c, j: (b, h, c, 0))
-    cv = cm.block_spec((B, H, Lp, dv), (None, None, C, bv), lambda b, h, c, j: (b, h, c, j))
     cm_ = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c, j: (b, h, c, 0))
     st = cm.block_spec((B, H, NC * dk, dv), (None, None, dk, bv),
                        lambda b, h, c, j: (b, h, c, j))
     nv = dv // bv
-    pk = cm.block_spec((nv, B, H, Lp, dk), (None, None, None, C, dk),
-                       lambda b, h, c, j: (j, b, h, c, 0))
+    pk = _tspec(B, H, Lp, dk, C, dk, layout, lambda b, h, c, j: (j, b, h, c, 0), lead=(nv,))
     p1 = cm.block_spec((nv, B, H, Lp, 1), (None, None, None, C, 1),
                        lambda b, h, c, j: (j, b, h, c, 0))
     return ck, c1, cv, cm_, st, pk, p1
 
 
-def _seq_specs(B, H, Lp, dk, dv, bv, NC):
+def _seq_specs(B, H, Lp, dk, dv, bv, NC, layout):
     """Sequential kernels: grid (B, H, dv / bv), all parallel."""
-    sk = cm.block_spec((B, H, Lp, dk), (None, None, Lp, dk), lambda b, h, j: (b, h, 0, 0))
+    sk = _tspec(B, H, Lp, dk, Lp, dk, layout, lambda b, h, j: (b, h, 0, 0))
+    sv = _tspec(B, H, Lp, dv, Lp, bv, layout, lambda b, h, j: (b, h, 0, j))
     s1 = cm.block_spec((B, H, Lp, 1), (None, None, Lp, 1), lambda b, h, j: (b, h, 0, 0))
-    sv = cm.block_spec((B, H, Lp, dv), (None, None, Lp, bv), lambda b, h, j: (b, h, 0, j))
     state = cm.block_spec((B, H, dk, dv), (None, None, dk, bv), lambda b, h, j: (b, h, 0, j))
     states = cm.block_spec((B, H, NC * dk, dv), (None, None, NC * dk, bv),
                            lambda b, h, j: (b, h, 0, j))
@@ -215,12 +252,12 @@ def _seq_specs(B, H, Lp, dk, dv, bv, NC):
 
 
 def _wu(ki, vi, bi, lgc, sgc, cfg):
-    C, _, gated, interpret, platform, _, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    C, _, gated, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = vi.shape[-1]
     NC = Lp // C
-    blk_k = cm.block_spec((B, H, Lp, dk), (None, None, C, dk), lambda b, h, c: (b, h, c, 0))
-    blk_v = cm.block_spec((B, H, Lp, dv), (None, None, C, dv), lambda b, h, c: (b, h, c, 0))
+    blk_k = _tspec(B, H, Lp, dk, C, dk, layout, lambda b, h, c: (b, h, c, 0))
+    blk_v = _tspec(B, H, Lp, dv, C, dv, layout, lambda b, h, c: (b, h, c, 0))
     blk_1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c: (b, h, c, 0))
     blk_m = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c: (b, h, c, 0))
     return cm.pallas_call(
@@ -229,26 +266,29 @@ def _wu(ki, vi, bi, lgc, sgc, cfg):
         in_specs=[blk_k, blk_v, blk_1, blk_1, blk_1],
         out_specs=[blk_m, blk_k, blk_v],
         out_shape=[jax.ShapeDtypeStruct((B, H, Lp, C), F32),
-                   jax.ShapeDtypeStruct((B, H, Lp, dk), ki.dtype),  # W: only read by dots
-                   jax.ShapeDtypeStruct((B, H, Lp, dv), F32)],  # U: enters Vn = U - W S
+                   # W: only read by dots; U: enters Vn = U - W S, kept f32
+                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), ki.dtype),
+                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32)],
         interpret=interpret, compiler_params=_params(platform, 3, num_warps),
         name="lrnn_delta_chunk_wu",
     )(ki, vi, bi, lgc, sgc)
 
 
 def _states(ki, w, u, lgc, sgc, h0, cfg):
-    C, _, gated, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    """Also returns the state entering every chunk, stored in the input dtype: its readers
+    (`_out_kernel`, `_grad_kernel`) cast it to that dtype for their dots anyway."""
+    C, _, gated, interpret, platform, bv, num_warps, layout, _ = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = u.shape[-1]
     NC = Lp // C
-    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
+    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC, layout)
     return cm.pallas_call(
         platform, functools.partial(_state_kernel, C=C, NC=NC, dk=dk, gated=gated),
         grid=(B, H, dv // bv),  # all parallel
         in_specs=[sk, sk, sv, s1, s1, state],
         out_specs=[sv, states, state],
-        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, dv), ki.dtype),
-                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
+        out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), ki.dtype),
+                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), ki.dtype),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
         interpret=interpret, compiler_params=_params(platform, 3, num_warps),
         name="lrnn_delta_chunk_state",
@@ -256,53 +296,55 @@ def _states(ki, w, u, lgc, sgc, h0, cfg):
 
 
 def _outputs(qi, ki, lgc, sgc, vn, hs, cfg):
-    C, scale, gated, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    C, scale, gated, interpret, platform, _, num_warps, layout, bv = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = vn.shape[-1]
     NC = Lp // C
-    ck, c1, cv, _, st, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    ck, c1, cv, _, st, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout)
     return cm.pallas_call(
         platform, functools.partial(_out_kernel, C=C, scale=scale, gated=gated),
         grid=(B, H, NC, dv // bv),  # all parallel
         in_specs=[ck, ck, c1, c1, cv, st],
         out_specs=cv,
-        out_shape=jax.ShapeDtypeStruct((B, H, Lp, dv), qi.dtype),
+        out_shape=jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), qi.dtype),
         interpret=interpret, compiler_params=_params(platform, 4, num_warps),
         name="lrnn_delta_chunk_out",
     )(qi, ki, lgc, sgc, vn, hs)
 
 
 def _dvn_local(qi, ki, lgc, sgc, do, cfg):
-    C, scale, gated, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    C, scale, gated, interpret, platform, _, num_warps, layout, bv = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = do.shape[-1]
     NC = Lp // C
-    ck, c1, cv, _, _, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    ck, c1, cv, _, _, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout)
     return cm.pallas_call(
         platform, functools.partial(_dvn_local_kernel, C=C, scale=scale, gated=gated),
         grid=(B, H, NC, dv // bv),  # all parallel
         in_specs=[ck, ck, c1, c1, cv],
         out_specs=cv,
-        out_shape=jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
+        out_shape=jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32),
         interpret=interpret, compiler_params=_params(platform, 4, num_warps),
         name="lrnn_delta_chunk_dvn_local",
     )(qi, ki, lgc, sgc, do)
 
 
 def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
-    C, scale, gated, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    """`(dVn, the adjoint after every chunk, dS0)`; dVn and the adjoints stored in the input
+    dtype (their reader, `_grad_kernel`, casts them to that dtype for its dots anyway)."""
+    C, scale, gated, interpret, platform, bv, num_warps, layout, _ = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = do.shape[-1]
     NC = Lp // C
-    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
+    sk, s1, sv, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC, layout)
     return cm.pallas_call(
         platform,
         functools.partial(_dstate_kernel, C=C, NC=NC, dk=dk, scale=scale, gated=gated),
         grid=(B, H, dv // bv),  # all parallel
         in_specs=[sk, sk, sk, s1, s1, sv, sv, state],
         out_specs=[sv, states, state],
-        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
-                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
+        out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), qi.dtype),
+                   jax.ShapeDtypeStruct((B, H, NC * dk, dv), qi.dtype),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
         interpret=interpret, compiler_params=_params(platform, 3, num_warps),
         name="lrnn_delta_chunk_dstate",
@@ -310,24 +352,29 @@ def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
 
 
 def _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg):
-    C, scale, gated, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = ki.shape
+    """`(dq, dk, dv, dbeta)`. With one value tile and no gate, dq, dk and dv are written in
+    the input dtype (nothing adds to them later); else f32, summed over value tiles here."""
+    C, scale, gated, interpret, platform, _, num_warps, layout, bv = cfg
+    B, H, Lp, dk = _dims(ki, layout)
     dv = vi.shape[-1]
     NC = Lp // C
     nv = dv // bv
-    ck, c1, cv, cmm, st, pk, p1 = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv)
+    gdt = qi.dtype if (nv == 1 and not gated) else F32
+    ck, c1, cv, cmm, st, pk, p1 = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout)
     dq, dk_, dv_, db = cm.pallas_call(
         platform, functools.partial(_grad_kernel, C=C, scale=scale, gated=gated),
         grid=(B, H, NC, nv),  # all parallel
         in_specs=[ck, ck, cv, c1, c1, c1, cmm, st, st, cv, cv, cv],
         out_specs=[pk, pk, cv, p1],
-        out_shape=[jax.ShapeDtypeStruct((nv, B, H, Lp, dk), F32),
-                   jax.ShapeDtypeStruct((nv, B, H, Lp, dk), F32),
-                   jax.ShapeDtypeStruct((B, H, Lp, dv), F32),
+        out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout, (nv,)), gdt),
+                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout, (nv,)), gdt),
+                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), gdt),
                    jax.ShapeDtypeStruct((nv, B, H, Lp, 1), F32)],
         interpret=interpret, compiler_params=_params(platform, 4, num_warps),
         name="lrnn_delta_chunk_grad",
     )(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do)
+    if nv == 1:
+        return dq[0], dk_[0], dv_, db[0]
     return dq.sum(0), dk_.sum(0), dv_, db.sum(0)
 
 
@@ -336,8 +383,9 @@ def _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg):
 # ------------------------------------------------------------------------------------------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def core(qi, ki, vi, bi, la, sa, h0, cfg):
-    """`(o [B, H, Lp, dv], final state)` from the interleaved `[B, H, Lp, *]` inputs;
-    cfg = (C, scale, gated, interpret, platform, bv, num_warps)."""
+    """`(o, final state)` from the interleaved inputs (sequence arrays in the layout cfg[7],
+    see above); cfg = (C, scale, gated, interpret, platform, bv, num_warps, layout, bvc):
+    value tiles bv for the sequential kernels (more programs), bvc for the chunk-parallel."""
     (o, ht), _ = _core_fwd(qi, ki, vi, bi, la, sa, h0, cfg)
     return o, ht
 
@@ -359,7 +407,7 @@ def _core_bwd(cfg, res, cts):
     dvn, dhs, dh0 = _adjoints(qi, ki, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
     dq, dk, dv, db = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),
-            gate_grad(qi, dq, vi, dv, ht, dht, la, gated), jnp.zeros_like(sa), dh0)
+            gate_grad(qi, dq, vi, dv, ht, dht, la, gated, cfg[7]), jnp.zeros_like(sa), dh0)
 
 
 core.defvjp(_core_fwd, _core_bwd)

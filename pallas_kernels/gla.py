@@ -339,8 +339,9 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
       chunk_parallel: use `pallas_kernels.gla_chunk` instead: sequential kernels that only
         carry the state from chunk to chunk (one `[dk, C] x [C, BV]` product per chunk) and
         chunk-parallel kernels for the outputs and gradients (fla's chunk_gla organisation).
-        Same results (tested in interpret mode); not yet compiled or timed on a GPU, hence
-        off by default. `split_intra` does not apply.
+        Same results (tested in interpret mode and compiled on an H200), but slower on the
+        GPU than `split_intra` so far (benchmarks/RESULTS.md), hence off by default.
+        `split_intra` does not apply.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.

@@ -24,8 +24,11 @@ The gate gradient is assembled outside, as in `pallas_kernels.gla`.
 
 Block shapes are powers of two for Triton (C, 16, dk, BV) and TPU-legal (chunk blocks
 `[C, dk]` / `[C, dv]` with C a multiple of 16 and the last dim the full extent; state blocks
-`[dk, dv]` or `[dk, BV]`). Opt-in (`gated_linear_attention(..., chunk_parallel=True)`): tested
-in interpret mode only, not yet compiled or timed on a GPU.
+`[dk, dv]` or `[dk, BV]`). Opt-in (`gated_linear_attention(..., chunk_parallel=True)`): compiled
+and tested on an H200, but slower there than the `split_intra` default (12.5 vs 10.9 ms fwd+bwd
+at (8, 2048, 16, 128) bf16, benchmarks/RESULTS.md): the `[16, 16, dk]` decay block of the
+diagonal sub-blocks, unrolled C / 16 times per program, does not fit a Triton program's
+registers. The next step is fla's column-at-a-time form for those blocks.
 """
 
 from __future__ import annotations

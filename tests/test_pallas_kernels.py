@@ -184,8 +184,11 @@ def test_linear_recurrence_bf16_and_no_h0():
     "n_h, gated, T, C, pre",
     [(1, False, 37, 16, False), (1, True, 23, 16, False), (2, True, 21, 16, True),
      (3, False, 13, 16, False),
-     # chunk_parallel (pallas_kernels.delta_chunk)
-     (1, True, 37, 16, "chunk"), (2, False, 21, 16, "chunk"), (3, True, 13, 8, "chunk")],
+     # chunk_parallel (pallas_kernels.delta_chunk), head-major layout (TPU) and the GPU's
+     # token-major layout (forced here: interpret mode defaults to head-major)
+     (1, True, 37, 16, "chunk"), (2, False, 21, 16, "chunk"), (3, True, 13, 8, "chunk"),
+     (1, True, 37, 16, "chunk-bthd"), (2, True, 21, 16, "chunk-bthd"),
+     (1, False, 40, 32, "chunk-bthd")],
 )
 def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
     rng = np.random.default_rng(10 + n_h)
@@ -201,9 +204,13 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
 
     def f_pallas(*xs):
         q, k, v, beta, gate, h0 = split(xs)
-        if pre == "chunk":
+        if pre in ("chunk", "chunk-bthd"):
+            # bthd cases also tile the value dim: 2 tiles everywhere (key-side gradients summed
+            # over tiles), or 2 tiles in the sequential kernels and 1 in the parallel ones
+            tiles = {} if pre == "chunk" else dict(
+                block_v=8, block_v_chunk=16 if n_h == 2 else None, _layout="bthd")
             return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
-                                    chunk_size=C, chunk_parallel=True)
+                                    chunk_size=C, chunk_parallel=True, **tiles)
         return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
                                 chunk_size=C, precompute_inverse=pre)
 
@@ -282,7 +289,9 @@ def test_chunk_parallel_bf16(op):
     q, k, v = (bf(rng.normal(size=(B, T, H, d))) for d in (dk, dk, dv))
     h0 = rng.normal(size=(B, H, dk, dv))
     errs = {}
-    for cp in (False, True):
+    for cp in (False, True, "bthd"):
+        if op == "gla" and cp == "bthd":
+            continue
         if op == "gla":
             g = signed_gates(np.random.default_rng(12), (B, T, H, dk))
             ref = np_gla(q, k, v, g, h0, 0.3)
@@ -298,10 +307,43 @@ def test_chunk_parallel_bf16(op):
             o, S = pk.delta_product(
                 *(jnp.asarray(x, jnp.bfloat16) for x in (q, k5, v5)), jnp.asarray(beta, F32),
                 gate=jnp.asarray(g, F32), initial_state=jnp.asarray(h0, F32), scale=0.3,
-                chunk_size=C, chunk_parallel=cp)
+                chunk_size=C, chunk_parallel=bool(cp), _layout="bthd" if cp == "bthd" else None)
         assert o.dtype == jnp.bfloat16 and S.dtype == F32
         errs[cp] = (rel(o.astype(F32), ref[0]), rel(S, ref[1]))
-    assert max(errs[True]) < 2e-2, errs
-    # no worse than the default kernels beyond rounding noise
-    for new, old in zip(errs[True], errs[False]):
-        assert new < 1.5 * old + 1e-3, errs
+    for cp in errs:
+        assert max(errs[cp]) < 2e-2, errs
+        # no worse than the default kernels beyond rounding noise
+        for new, old in zip(errs[cp], errs[False]):
+            assert new < 1.5 * old + 1e-3, errs
+
+
+def test_delta_chunk_parallel_bf16_grads():
+    """bf16, ungated, one value tile: the chunk-parallel gradient kernel writes dq, dk, dv in
+    bf16 directly (GPU layout forced); their error against the float64 reference on the same
+    rounded inputs matches the default kernels' (which round f32 gradients to bf16 after)."""
+    rng = np.random.default_rng(21)
+    B, T, H, d, C = 1, 45, 2, 32, 16
+    bf = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(F32), np.float64)
+    k = rng.normal(size=(B, T, H, 1, d))
+    x = dict(q=bf(rng.normal(size=(B, T, H, d))),
+             k=bf(k / np.linalg.norm(k, axis=-1, keepdims=True)),
+             v=bf(rng.normal(size=(B, T, H, 1, d))), beta=bf(rng.uniform(0, 2, (B, T, H, 1))))
+    w = rng.normal(size=(B, T, H, d))
+    names = ["q", "k", "v", "beta"]
+
+    def grads(f, dtype):
+        loss = lambda *a: jnp.sum(f(*a)[0].astype(dtype) * jnp.asarray(w, dtype))
+        return jax.grad(loss, range(4))(*(jnp.asarray(x[n], dtype) for n in names))
+
+    with jax.enable_x64(True):
+        ref = grads(lambda q, k, v, b: jax_delta_product(q, k, v, b, None, jnp.zeros(
+            (B, H, d, d), jnp.float64), 0.3), jnp.float64)
+    errs = {}
+    for cp in (False, True):
+        g = grads(lambda q, k, v, b, cp=cp: pk.delta_product(
+            q, k, v, b, scale=0.3, chunk_size=C, chunk_parallel=cp,
+            _layout="bthd" if cp else None), jnp.bfloat16)
+        assert all(gi.dtype == jnp.bfloat16 for gi in g)
+        errs[cp] = [rel(gi.astype(F32), r) for gi, r in zip(g, ref)]
+    for n, new, old in zip(names, errs[True], errs[False]):
+        assert new < 2e-2 and new < 1.5 * old + 1e-3, (n, errs)

@@ -159,20 +159,13 @@ def _ours(kind, impl):
     from lrnn import ops
 
     def f(*xs):
-        # "pallas" is lrnn.ops' pallas path (defaults: for bf16 the chunk-parallel inverse
-        # precompute / the split intra-block kernels); these two rows switch those off.
-        if impl == "pallas-inloop":  # delta kernels: (I + A)^{-1} inside the sequential loop
+        # "pallas" is lrnn.ops' pallas path with the kernels' defaults (on GPU for bf16: the
+        # chunk-parallel delta kernels, the split-intra GLA kernels); the other rows switch
+        # those defaults.
+        if kind != "gla" and impl == "pallas-seq":  # delta kernels: the sequential-chunk form
             q, k, v, beta, g = xs
             return pk.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
-                                    precompute_inverse=False)[0]
-        if kind == "gla" and impl == "pallas-fused":  # intra-block work on the sequential path
-            q, k, v, g = xs
-            return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
-                                             split_intra=False)[0]
-        if kind != "gla" and impl == "pallas-chunk":  # pallas_kernels.delta_chunk (opt-in)
-            q, k, v, beta, g = xs
-            return pk.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
-                                    chunk_parallel=True)[0]
+                                    chunk_parallel=False)[0]
         if kind == "gla" and impl == "pallas-chunk":  # pallas_kernels.gla_chunk (opt-in)
             q, k, v, g = xs
             return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
@@ -243,8 +236,8 @@ def bench_diag(reps=20):
               reps=reps)
     out["chunked"] = dict(ms=t, tbps=nbytes / t / 1e9)
     best, configs = None, []
-    configs += [(bd, nw, None) for bd in (64, 128, 256) for nw in (1, 2, 4)]
-    configs += [(bd, nw, bt) for bd in (64, 128) for nw in (2, 4) for bt in (16, 32)]
+    configs += [(bd, nw, None) for bd in (64, 128, 256) for nw in (1, 2, 4)]  # one row a step
+    configs += [(bd, nw, bt) for bd in (64, 128) for nw in (2, 4) for bt in (16, 32)]  # tiles
     for bd, nw, bt in configs:
         name = f"pallas bd={bd} nw={nw} bt={bt}"
         try:
@@ -278,17 +271,26 @@ def main():
     ap.add_argument("--out", default="benchmarks/RESULTS.md")
     ap.add_argument("--raw", default=None, help="JSON file of our raw numbers (written/read)")
     ap.add_argument("--fla-json", default=None, help="JSON of fla numbers (written/read)")
+    ap.add_argument("--diag-json", default=None, help="report: diagonal rows from `diag --raw`")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--fla", action="store_true", help="also run fla (subprocess) first")
     ap.add_argument("--quick", action="store_true", help="first shape only")
+    ap.add_argument("--shapes", default=None, help="comma list of indices into SHAPES")
     ap.add_argument("--fla-ops", default="deltanet,gla", help="fla-bench: ops to time")
     ap.add_argument("--no-chunked", action="store_true",
                     help="skip the XLA chunked rows (their compile is slow at these shapes)")
+    ap.add_argument("--impls", default=None,
+                    help="comma list: only these impl rows (e.g. pallas,pallas-chunk)")
+    ap.add_argument("--ops", default=None,
+                    help="comma list: only these ops (deltanet, gla, gated_deltanet, ...)")
+    ap.add_argument("--no-diag", action="store_true", help="skip the diagonal recurrence")
     a = ap.parse_args()
     if a.mode == "fla-worker":
         fla_worker(*a.args)
         return
     shapes = SHAPES[:1] if a.quick else SHAPES
+    if a.shapes is not None:
+        shapes = [SHAPES[int(i)] for i in a.shapes.split(",")]
     if a.mode == "diag":
         diag = bench_diag(a.reps)
         print("DIAGJSON " + json.dumps(diag))
@@ -307,10 +309,19 @@ def main():
     if a.fla_json and os.path.exists(a.fla_json):
         with open(a.fla_json) as fh:
             fla = json.load(fh)
-    if a.mode == "report":
-        with open(a.raw) as fh:
-            raw = json.load(fh)
-        write_results(a.out, raw["rows"], fla, raw["diag"], raw["meta"])
+    if a.mode == "report":  # --raw: one JSON or a comma list (one device call per shape)
+        raws = []
+        for path in a.raw.split(","):
+            with open(path) as fh:
+                raws.append(json.load(fh))
+        diag = next((r["diag"] for r in raws if r.get("diag")), {})
+        if a.diag_json:
+            with open(a.diag_json) as fh:
+                diag = json.load(fh)
+        meta = dict(raws[-1]["meta"])
+        if len(raws) > 1:
+            meta["date"] = f"{raws[0]['meta']['date']} to {raws[-1]['meta']['date']}"
+        write_results(a.out, [row for r in raws for row in r["rows"]], fla, diag, meta)
         return
     if a.fla:  # fla first, in its own process, before JAX takes the GPU
         cmd = [sys.executable, "-m", "experiments.bench.kernels", "fla-bench"]
@@ -326,7 +337,12 @@ def main():
 
     rows = []
 
+    keep_impl = None if a.impls is None else set(a.impls.split(","))
+    keep_op = None if a.ops is None else set(a.ops.split(","))
+
     def run(name, kind, impl, shape, n_h=1):
+        if (keep_impl and impl not in keep_impl) or (keep_op and name not in keep_op):
+            return
         try:
             res = bench_ours(kind, impl, *shape, n_h=n_h, reps=a.reps)
         except Exception as e:  # noqa: BLE001 - report and go on
@@ -340,15 +356,13 @@ def main():
         for impl in impls:
             run("deltanet", "delta", impl, shape)
             run("gla", "gla", impl, shape)
-        run("deltanet", "delta", "pallas-inloop", shape)
-        run("gla", "gla", "pallas-fused", shape)
+        run("deltanet", "delta", "pallas-seq", shape)
         run("gla", "gla", "pallas-chunk", shape)
-        run("deltanet", "delta", "pallas-chunk", shape)
-        run("gated_deltanet", "gated", "pallas-chunk", shape)
         run("gated_deltanet", "gated", "pallas", shape)
+        run("gated_deltanet", "gated", "pallas-seq", shape)
         run("deltaproduct_nh2", "delta", "pallas", shape, n_h=2)
         run("deltaproduct_nh3", "delta", "pallas", shape, n_h=3)
-    diag = bench_diag(a.reps)
+    diag = {} if a.no_diag else bench_diag(a.reps)
     print(json.dumps(diag, indent=1))
     meta = dict(device=f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
                 jax=jax.__version__,
@@ -371,9 +385,12 @@ def write_results(path, rows, fla, diag, meta):
         f"- date: {meta['date']}",
         f"- device: {meta['device']}",
         f"- versions: {versions}",
-        "- command (device tool): `PYTHONPATH=$PWD python3 -m experiments.bench.kernels "
-        "--raw ours.json` and, in its own process, `... kernels fla-bench --fla-json fla.json`; "
-        "then `python3 -m experiments.bench.kernels report --raw ours.json --fla-json fla.json`",
+        "- commands (device tool, one call each for the 10-minute limit): `PYTHONPATH=$PWD "
+        "python3 -m experiments.bench.kernels --no-chunked --no-diag --shapes 0 --raw "
+        "ours0.json`, the same with `--shapes 1 --raw ours1.json`, `... kernels diag --raw "
+        "diag.json` and, in its own process, `... kernels fla-bench --fla-json fla.json`; then "
+        "`python3 -m experiments.bench.kernels report --raw ours0.json,ours1.json --diag-json "
+        "diag.json --fla-json fla.json`",
         "- bf16 inputs, f32 accumulation; median ms; ratio = fla time / our time "
         "(> 1: we are faster); peak = arguments + outputs + temporaries of the fwd+bwd "
         "program (XLA memory analysis) / `torch.cuda.max_memory_allocated` for fla",
@@ -398,13 +415,14 @@ def write_results(path, rows, fla, diag, meta):
     lines += ["", f"## Diagonal recurrence, f32, (B, T, D) = {DIAG_SHAPE}", "",
               "effective TB/s = (read a, b + write h) / time; copy = `x + 1` on 1 GiB "
               "(read + write)", "", "| impl | ms | TB/s | % of copy |", "|---|---|---|---|"]
-    copy = diag["copy"]["tbps"]
+    copy = diag.get("copy", {}).get("tbps")
     for name, d in diag.items():
         if not isinstance(d, dict):
             continue
         tb = d.get("tbps")
         lines.append(f"| {name} | {d['ms']:.3f} | " + ("-" if tb is None else f"{tb:.2f}")
-                     + " | " + ("-" if tb is None else f"{100 * tb / copy:.0f}%") + " |")
+                     + " | " + ("-" if tb is None or copy is None else f"{100 * tb / copy:.0f}%")
+                     + " |")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # its own section: RESULTS.md also holds the hand-written analysis and the multigpu tables
     from experiments.bench.multigpu import write_results as write_section
