@@ -382,8 +382,8 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         inverse, W, U, the outputs and the gradients come from chunk-parallel kernels (fla's
         chunk_delta_rule organisation). Same results. None (default): on for 16-bit inputs on
         a GPU, where it is the faster path (H200, DeltaNet bf16 fwd+bwd at (8, 2048, 16, 128):
-        2.3 ms against 4.6 ms, `python -m experiments.bench.stages`), off elsewhere (f32 on
-        GPU not timed; TPU not measured). `precompute_inverse` does not apply.
+        2.37 ms against 4.25 ms, benchmarks/RESULTS.md), off elsewhere (f32 on GPU not timed;
+        TPU not measured). `precompute_inverse` does not apply.
       block_v_chunk: with `chunk_parallel`, the value tile of the chunk-parallel kernels
         (default: the whole value dim up to 128; `block_v` tiles the sequential ones).
 
