@@ -181,27 +181,31 @@ def _ours(kind, impl):
     return f
 
 
-def bench_ours(kind, impl, B, T, H, D, n_h=1, reps=20):
+def fwdbwd(f, do):
+    """`xs -> vjp of f at xs, applied to do`, for the inputs that are not None (a missing
+    gate stays None)."""
     import jax
 
-    xs, do = _inputs(kind, B, T, H, D, n_h)
-    f = _ours(kind, impl)
-    idx = [i for i, x in enumerate(xs) if x is not None]
+    def run(*xs):
+        idx = [i for i, x in enumerate(xs) if x is not None]
 
-    def fwd(*xs):
-        return f(*xs)
-
-    def fwdbwd(*xs):
         def g(*d):
             full = list(xs)
             for i, di in zip(idx, d):
                 full[i] = di
             return f(*full)
 
-        _, vjp = jax.vjp(g, *[xs[i] for i in idx])
-        return vjp(do)
+        return jax.vjp(g, *[xs[i] for i in idx])[1](do)
 
-    jf, jb = jax.jit(fwd), jax.jit(fwdbwd)
+    return run
+
+
+def bench_ours(kind, impl, B, T, H, D, n_h=1, reps=20):
+    import jax
+
+    xs, do = _inputs(kind, B, T, H, D, n_h)
+    f = _ours(kind, impl)
+    jf, jb = jax.jit(f), jax.jit(fwdbwd(f, do))
     return dict(fwd=_time(jf, *xs, reps=reps), fwdbwd=_time(jb, *xs, reps=reps),
                 peak=_peak(jb, *xs))
 

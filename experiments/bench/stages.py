@@ -22,7 +22,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from experiments.bench.kernels import _inputs, _time
+from experiments.bench.kernels import _inputs, _time, fwdbwd
 from pallas_kernels import _common as cm
 
 F32 = jnp.float32
@@ -126,19 +126,23 @@ def delta_default_stages(shape, C, bv, nw, gated, reps):
     return res
 
 
+def _gla_setup(shape):
+    """GLA inputs, their scale, and the kernels' head-major views (with log gates)."""
+    B, T, H, D = shape
+    (q, k, v, g), do = _inputs("gla", B, T, H, D)
+    la = jnp.log(_layout(g))
+    kern = (_layout(q), _layout(k), _layout(v), _layout(do), la, jnp.ones_like(la),
+            jnp.zeros((B, H, D, D), F32))
+    return (q, k, v, g), do, D ** -0.5, kern
+
+
 def gla_chunk_stages(shape, C, bv, nw, gated, reps):
     import pallas_kernels as pk
     from pallas_kernels import gla_chunk as gc_
 
     del gated
-    B, T, H, D = shape
-    (q, k, v, g), do = _inputs("gla", B, T, H, D)
-    scale = D ** -0.5
+    (q, k, v, g), do, scale, (qi, ki, vi, doi, la, sa, h0) = _gla_setup(shape)
     cfg = (C, scale, *_MODE, bv, nw)
-    qi, ki, vi, doi = _layout(q), _layout(k), _layout(v), _layout(do)
-    la = jnp.log(_layout(g))
-    sa = jnp.ones_like(la)
-    h0 = jnp.zeros((B, H, D, D), F32)
     lgc, sgc, gcol = gc_.prep_gates(la, sa, C)
     hs, ht = gc_._sweep(ki, vi, lgc, sgc, gcol, h0, cfg, reverse=False)
     dhs, _ = gc_._sweep(qi, doi, lgc, sgc, gcol, jnp.zeros_like(ht), cfg, reverse=True)
@@ -163,14 +167,8 @@ def gla_default_stages(shape, C, bv, nw, gated, reps):
     from pallas_kernels import gla
 
     del gated
-    B, T, H, D = shape
-    (q, k, v, g), do = _inputs("gla", B, T, H, D)
-    scale = D ** -0.5
+    (q, k, v, g), do, scale, (qi, ki, vi, doi, la, sa, h0) = _gla_setup(shape)
     cfg = (C, scale, *_MODE, bv, nw, True)
-    qi, ki, vi, doi = _layout(q), _layout(k), _layout(v), _layout(do)
-    la = jnp.log(_layout(g))
-    sa = jnp.ones_like(la)
-    h0 = jnp.zeros((B, H, D, D), F32)
     lgc, sgc, gl = gla._prep_gates(la, sa)
     oi = gla._kernel_intra_fwd(qi, ki, vi, lgc, sgc, cfg)
     o, hs, ht = gla._kernel_fwd(qi, ki, vi, lgc, sgc, gl, oi, h0, cfg)
@@ -191,18 +189,7 @@ def gla_default_stages(shape, C, bv, nw, gated, reps):
 
 
 def _total(f, xs, do, reps):
-    idx = [i for i, x in enumerate(xs) if x is not None]
-
-    def fb(*d):
-        def g(*d2):
-            full = list(xs)
-            for i, di in zip(idx, d2):
-                full[i] = di
-            return f(*full)
-
-        return jax.vjp(g, *d)[1](do)
-
-    return _time(jax.jit(fb), *[xs[i] for i in idx], reps=reps)
+    return _time(jax.jit(fwdbwd(f, do)), *xs, reps=reps)
 
 
 PATHS = {"delta-chunk": delta_chunk_stages, "delta": delta_default_stages,
