@@ -188,7 +188,10 @@ def test_linear_recurrence_bf16_and_no_h0():
      # token-major layout (forced here: interpret mode defaults to head-major)
      (1, True, 37, 16, "chunk"), (2, False, 21, 16, "chunk"), (3, True, 13, 8, "chunk"),
      (1, True, 37, 16, "chunk-bthd"), (2, True, 21, 16, "chunk-bthd"),
-     (1, False, 40, 32, "chunk-bthd")],
+     (1, False, 40, 32, "chunk-bthd"),
+     # C = 32: the blocked (I + A)^{-1} (_common.unit_lower_inverse_blocked), gated, in the
+     # default kernels and the chunk-parallel ones
+     (1, True, 37, 32, True), (2, True, 21, 32, "chunk")],
 )
 def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
     rng = np.random.default_rng(10 + n_h)
