@@ -11,9 +11,9 @@ kernels run with `interpret=True` (the default there), which is how CI tests the
   DeltaNet (n_h = 1) and Gated DeltaNet are special cases.
 Each has a backward kernel behind `jax.custom_vjp`. GLA and DeltaProduct also have a
 chunk-parallel organisation (`chunk_parallel`; `gla_chunk.py`, `delta_chunk.py`): only the
-chunk-to-chunk state products stay sequential, as in fla. For DeltaProduct it is the default
-for 16-bit inputs on GPU (twice as fast there as the sequential-chunk kernels); for GLA it is
-opt-in (slower than the default on GPU so far). Timings: benchmarks/RESULTS.md.
+chunk-to-chunk state products stay sequential, as in fla. It is the default for 16-bit inputs
+on GPU for both (about twice as fast there as the sequential-chunk kernels). Timings:
+benchmarks/RESULTS.md.
 
 GPU lowering. On jax 0.11 `pl.pallas_call` lowers to Triton (deprecated but present and the
 default when `compiler_params` is Triton's `CompilerParams`) or to Mosaic GPU (selected by
@@ -25,9 +25,10 @@ TPU". The Triton lowering compiles the same array program we run on TPU and in i
 mode, picks tensor-core instructions (wgmma on Hopper) for `jnp.dot` itself and supports
 `fori_loop` carries in registers. jax-triton would also mean a separate hand-written Triton
 source. It compiled and ran all three kernels on an H100 (jax 0.11.2, Triton 3.6), but the
-current kernels are slower than fla (DeltaNet 5x, GLA 10x fwd+bwd; the diagonal recurrence at
-16% of copy bandwidth): see `benchmarks/RESULTS.md` for the numbers, what limits them and the
-restructuring that would close the gap. The Triton lowering warns that it is deprecated.
+current kernels are still slower than fla (on an H200, bf16 fwd+bwd: DeltaNet 0.73-0.79x
+fla's speed, GLA 0.59-0.64x; the diagonal recurrence at 31% of copy bandwidth): see
+`benchmarks/RESULTS.md` for the numbers, what limits them (register spills in the Triton
+programs) and what would close the gap. The Triton lowering warns that it is deprecated.
 
 TPU. Block shapes keep the last two dims multiples of (8, 128) or the full extent
 (`tests/test_pallas_blocks.py` checks every BlockSpec the wrappers build with

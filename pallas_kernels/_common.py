@@ -118,6 +118,40 @@ def value_tile(dv: int, platform: str, preferred: int = 64) -> int:
     return dv
 
 
+# Sequence arrays come in one of two layouts: "bhtd" `[B, H, Lp, d]` (TPU: the blocks' last two
+# dims are then `[rows, d]`, legal) or "bthd" `[B, Lp, H, d]` (GPU: the caller's own layout, so
+# no transposes around the kernels; a block `[rows, d]` is a strided load, which the Triton
+# lowering handles).
+
+
+def seq_dims(x, layout):
+    """`(B, H, Lp, d)` of a sequence array."""
+    if layout == "bthd":
+        B, Lp, H, d = x.shape
+        return B, H, Lp, d
+    return x.shape
+
+
+def seq_shape(B, H, Lp, d, layout, lead=()):
+    return (*lead, B, Lp, H, d) if layout == "bthd" else (*lead, B, H, Lp, d)
+
+
+def seq_spec(B, H, Lp, d, rows, cols, layout, imap, lead=()):
+    """Block spec of a sequence array (with leading dims of sizes `lead`, squeezed): blocks
+    of `[rows, cols]`; `imap(*grid)` gives the `(*lead indices, b, h, row block, col block)`
+    of the head-major view."""
+    lead_blk = (None,) * len(lead)
+    if layout == "bthd":
+        def bt_map(*g):
+            *ld, b, h, r, c = imap(*g)
+            return (*ld, b, r, h, c)
+
+        return block_spec(seq_shape(B, H, Lp, d, layout, lead),
+                             (*lead_blk, None, rows, None, cols), bt_map)
+    return block_spec(seq_shape(B, H, Lp, d, layout, lead),
+                         (*lead_blk, None, None, rows, cols), imap)
+
+
 # --------------------------------------------------------------------------------------------
 # In-kernel helpers (2-D only)
 
@@ -293,7 +327,8 @@ def pallas_call(platform: str, kernel, **kwargs):
 
     def run(*args):
         args, out_shape = _vary_alike(args, kwargs["out_shape"], kwargs.get("interpret", False))
-        with dot_platform(platform):
+        # interpret mode runs the body as CPU XLA ops: no GPU-only dot algorithms there
+        with dot_platform("cpu" if kwargs.get("interpret", False) else platform):
             return pl.pallas_call(kernel, **{**kwargs, "out_shape": out_shape})(*args)
 
     return run

@@ -191,32 +191,7 @@ def _grad_kernel(q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dh_re
 # `[B, H, NC * dk, dv]` are always head-major.
 
 
-def _dims(x, layout):
-    """`(B, H, Lp, d)` of a sequence array."""
-    if layout == "bthd":
-        B, Lp, H, d = x.shape
-        return B, H, Lp, d
-    return x.shape
-
-
-def _seq_shape(B, H, Lp, d, layout, lead=()):
-    return (*lead, B, Lp, H, d) if layout == "bthd" else (*lead, B, H, Lp, d)
-
-
-def _tspec(B, H, Lp, d, rows, cols, layout, imap, lead=()):
-    """Block spec of a sequence array (with leading dims of sizes `lead`, squeezed): blocks
-    of `[rows, cols]`; `imap(*grid)` gives the `(*lead indices, b, h, row block, col block)`
-    of the head-major view."""
-    lead_blk = (None,) * len(lead)
-    if layout == "bthd":
-        def bt_map(*g):
-            *ld, b, h, r, c = imap(*g)
-            return (*ld, b, r, h, c)
-
-        return cm.block_spec(_seq_shape(B, H, Lp, d, layout, lead),
-                             (*lead_blk, None, rows, None, cols), bt_map)
-    return cm.block_spec(_seq_shape(B, H, Lp, d, layout, lead),
-                         (*lead_blk, None, None, rows, cols), imap)
+_dims, _seq_shape, _tspec = cm.seq_dims, cm.seq_shape, cm.seq_spec
 
 
 def _params(platform, n, num_warps):

@@ -19,9 +19,10 @@ them in reverse with the f32 adjoint state. dq and dk are partial sums over valu
 in the wrapper). The gate gradient is computed outside the kernel:
 `d log|g_u| = sum_{t >= u} (q_t dq_t - k_t dk_t) + rowsum(S_T * dS_T)` (per key).
 
-`split_intra=True` (the default for 16-bit inputs) moves the state-free work (`P V`, and in
-the backward `P^T dO` and the intra-block parts of dq, dk) into kernels with grid
-`(B, H, T / 16)`, all parallel, leaving only state matmuls on the sequential path.
+`split_intra=True` (the default for 16-bit inputs when `chunk_parallel` is off) moves the
+state-free work (`P V`, and in the backward `P^T dO` and the intra-block parts of dq, dk) into
+kernels with grid `(B, H, T / 16)`, all parallel, leaving only state matmuls on the sequential
+path.
 """
 
 from __future__ import annotations
@@ -316,7 +317,7 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chunk_size=64,
                            interpret=None, block_v=None, num_warps=4, split_intra=None,
-                           chunk_parallel=False, _target=None):
+                           chunk_parallel=None, block_v_chunk=None, _target=None, _layout=None):
     """Gated linear attention, chunkwise Pallas kernels (forward and backward).
 
     Args:
@@ -336,12 +337,16 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
         fwd+bwd at (8, 2048, 16, 128) took 11.6 ms instead of 33.0 ms (benchmarks/RESULTS.md).
         None (default): on for 16-bit inputs, off for float32 (not compiled on a GPU in f32
         yet).
-      chunk_parallel: use `pallas_kernels.gla_chunk` instead: sequential kernels that only
-        carry the state from chunk to chunk (one `[dk, C] x [C, BV]` product per chunk) and
-        chunk-parallel kernels for the outputs and gradients (fla's chunk_gla organisation).
-        Same results (tested in interpret mode and compiled on an H200), but slower on the
-        GPU than `split_intra` so far (benchmarks/RESULTS.md), hence off by default.
-        `split_intra` does not apply.
+      chunk_parallel: use `pallas_kernels.gla_chunk`: sequential kernels that only carry the
+        state from chunk to chunk (one `[dk, C] x [C, BV]` product per chunk) and
+        chunk-parallel kernels for the intra-chunk scores, outputs and gradients (fla's
+        chunk_gla organisation). Same results. None (default): on for 16-bit inputs on a GPU
+        (H200, bf16 fwd+bwd at (8, 2048, 16, 128): 5.5 ms against 10.3 ms for `split_intra`;
+        benchmarks/RESULTS.md), off elsewhere. `split_intra` does not apply.
+      block_v_chunk: with `chunk_parallel`, the value tile of the output kernel (default: the
+        whole dv up to 128).
+      _layout: with `chunk_parallel`, forces the sequence layout ("bthd" `[B, T, H, d]`, the
+        GPU default, or "bhtd"); for tests.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
@@ -369,23 +374,36 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
     dtype = jnp.promote_types(q.dtype, k.dtype)
     if split_intra is None:
         split_intra = dtype != F32
+    if chunk_parallel is None:
+        chunk_parallel = platform == "gpu" and dtype != F32
+    # chunk_parallel on GPU: the kernels read and write [B, L, H, d] (no transposes);
+    # elsewhere [B, H, L, d] (TPU block rules). `_layout` forces one (tests).
+    layout = (_layout or ("bthd" if platform == "gpu" else "bhtd")) if chunk_parallel else "bhtd"
     Lp = cm.round_up(max(T, 1), C)
-    to_bhtd = lambda x: cm.pad_axis(jnp.transpose(x, (0, 2, 1, 3)), 2, Lp)
+    if layout == "bthd":
+        to_seq = lambda x, value=0.0: cm.pad_axis(x, 1, Lp, value)
+    else:
+        to_seq = lambda x, value=0.0: cm.pad_axis(jnp.transpose(x, (0, 2, 1, 3)), 2, Lp, value)
     g = gate.astype(F32)
     if g.ndim == 3:
         g = jnp.broadcast_to(g[..., None], (B, T, H, dk))
-    la = to_bhtd(jnp.log(jnp.maximum(jnp.abs(g), _TINY)))
-    sa = cm.pad_axis(jnp.transpose(jnp.where(g < 0, -1.0, 1.0), (0, 2, 1, 3)), 2, Lp, 1.0)
     h0 = jnp.zeros((B, H, dk, dv), F32) if initial_state is None else initial_state.astype(F32)
-    args = (to_bhtd(q.astype(dtype)), to_bhtd(k.astype(dtype)), to_bhtd(v.astype(dtype)),
-            la, sa, h0)
+    qkv = (to_seq(q.astype(dtype)), to_seq(k.astype(dtype)), to_seq(v.astype(dtype)))
     if chunk_parallel:
         from pallas_kernels import gla_chunk
 
-        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps))
-        o, ht = gla_chunk.core(*args, cfg)
+        bvc = block_v_chunk if block_v_chunk is not None else (dv if dv <= 128 else bv)
+        if dv % bvc:
+            raise ValueError(f"block_v_chunk={bvc} must divide dv={dv}")
+        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps), layout, int(bvc))
+        o, ht = gla_chunk.core(*qkv, to_seq(g, 1.0), h0, cfg)
     else:
+        la = to_seq(jnp.log(jnp.maximum(jnp.abs(g), _TINY)))
+        sa = to_seq(jnp.where(g < 0, -1.0, 1.0), 1.0)
+        args = (*qkv, la, sa, h0)
         cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps),
                bool(split_intra))
         o, ht = _core(*args, cfg)
+    if layout == "bthd":
+        return o[:, :T], ht
     return jnp.transpose(o[:, :, :T], (0, 2, 1, 3)), ht

@@ -1,34 +1,37 @@
 """Gated linear attention, chunk-parallel form: only the chunk states are sequential.
 
 Same recurrence and conventions as `pallas_kernels.gla` (`S_t = diag(g_t) S_{t-1} + k_t v_t^T`,
-`o_t = S_t^T (scale q_t)`, per-key signed gates as cumulative log|g| plus a sign), organised
-like fla's chunk_gla so that the sequential path does one state matmul per chunk of C tokens
-instead of per sub-block of 16:
+`o_t = S_t^T (scale q_t)`, per-key signed gates as cumulative log|g| plus a sign, every
+exponent taken <= 0), organised like fla's chunk_gla: the intra-chunk score matrix
+`A[t, s] = sum_i (scale q_ti) k_si G_ti / G_si` (s <= t, within a chunk of C tokens) is built
+once, in small programs, and everything else is plain products.
 
 Forward
   1. `_sweep_kernel`, grid (B, H, dv / BV), parallel; loop over chunks inside: the state entering
      every chunk, `S_{c+1} = diag(G_C) S_c + (K_c * G_end)^T V_c` (one `[dk, C] x [C, BV]`
-     product per chunk), stored f32.
-  2. `_o_kernel`, grid (B, H, NC), all parallel: per chunk and per sub-block i of 16 queries,
-     `O_i = (scale Q_i * G_i) S_c` + the diagonal 16 x 16 block (elementwise `[16, 16, dk]`,
-     exact for any gates) + the earlier sub-blocks of the chunk through one masked
-     `[16, C]` product whose factors are rescaled to the boundary b before sub-block i:
-     `G_t / G_s = (G_t / G_b)(G_b / G_s)` with both factors of magnitude <= 1 (t > b >= s).
+     product per chunk), stored in the input dtype (its readers cast to it anyway).
+  2. `_a_kernel`, grid (B, H, T / 16), all parallel: the 16 rows of A of one sub-block of
+     queries. Earlier sub-blocks of the chunk by one `[16, dk] x [dk, C]` product whose
+     factors are rescaled at the sub-block's first token t0: `G_t / G_s = (G_t / G_t0)
+     (G_t0 / G_s)`, both of magnitude <= 1 for s < t0 <= t; the diagonal 16 x 16 block one
+     key column at a time (`[16, dk]` elementwise per column: exact for any gates).
+  3. `_o_kernel`, grid (B, H, NC, dv / BVc), all parallel: `O = (scale Q * G) S_c + A V`.
 Backward
-  3. `_sweep_kernel` (reverse), grid (B, H, dv / BV), parallel; chunks in reverse: the
-     adjoint of the state after every chunk, `dS_c = diag(G_C) dS_{c+1} + (scale Q_c * G)^T dO_c`.
-  4. `_grad_kernel`, grid (B, H, NC), all parallel: dq, dk, dv of a chunk from its entering
-     state and the adjoint after it (inter-chunk parts as `[C, *]` products, intra-chunk parts
-     sub-block by sub-block as in 2).
-The gate gradient is assembled outside, as in `pallas_kernels.gla`.
+  4. `_sweep_kernel` (reverse): the adjoint of the state after every chunk,
+     `dS_c = diag(G_C) dS_{c+1} + (scale Q_c * G)^T dO_c`.
+  5. `_dv_kernel`, grid (B, H, NC), all parallel: `dA = tril(dO V^T)` (f32),
+     `dV = A^T dO + (K * G_end) dS`, and the inter-chunk parts of dq, dk.
+  6. `_dqk_kernel`, grid (B, H, T / 16), all parallel: dq, dk of one sub-block from dA (as in 2:
+     rescaled products for the other sub-blocks, a column loop for the diagonal block), plus
+     the per-token gate-gradient term `q dq - k dk`.
+The gate gradient is its reverse cumulative sum (XLA) plus the final-state term (see
+`pallas_kernels.gla.gate_grad`).
 
-Block shapes are powers of two for Triton (C, 16, dk, BV) and TPU-legal (chunk blocks
-`[C, dk]` / `[C, dv]` with C a multiple of 16 and the last dim the full extent; state blocks
-`[dk, dv]` or `[dk, BV]`). Opt-in (`gated_linear_attention(..., chunk_parallel=True)`): compiled
-and tested on an H200, but slower there than the `split_intra` default (12.5 vs 10.9 ms fwd+bwd
-at (8, 2048, 16, 128) bf16, benchmarks/RESULTS.md): the `[16, 16, dk]` decay block of the
-diagonal sub-blocks, unrolled C / 16 times per program, does not fit a Triton program's
-registers. The next step is fla's column-at-a-time form for those blocks.
+Sequence arrays (q, k, v, o, the gates, the gradients) are `[B, H, Lp, d]` ("bhtd", TPU/CPU) or
+the caller's `[B, Lp, H, d]` ("bthd", GPU: no transposes); A, dA `[B, H, Lp, C]` and the chunk
+states `[B, H, NC * dk, dv]` are head-major. Blocks are TPU-legal (`[16 or C, d]` with d the
+full extent, `[C, C]`, `[dk, dv]`). The default of `gated_linear_attention` for 16-bit inputs
+on a GPU (`chunk_parallel=None`).
 """
 
 from __future__ import annotations
@@ -41,31 +44,65 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
-from pallas_kernels.gla import gate_grad
 
 F32 = jnp.float32
 SUB = 16  # queries per sub-block inside a chunk
 
 
-def _decay3(lg, sg):
-    """Diagonal sub-block decays `[c(t), c(s), dk]`: `G_t / G_s` for s <= t, else 0."""
-    r, c = cm.iotas(SUB)
-    decay = jnp.exp(jnp.minimum(lg[:, None, :] - lg[None, :, :], 0.0))
-    return jnp.where((r >= c)[:, :, None], sg[:, None, :] * sg[None, :, :] * decay, 0.0)
+def _row(ref, t):
+    """Row t of a `[rows, d]` ref as `[1, d]` f32."""
+    return ref[pl.ds(t, 1), :].astype(F32)
 
 
-def _boundary(i, lg_ref, sg_ref, lg, sg, lg_all, sg_all, C):
-    """Factors for sub-block i > 0 against the chunk's earlier tokens, rescaled at the last
-    token b = 16 i - 1 before it: `(G_t / G_b)` for its queries `[16, dk]`, `(G_b / G_s)` for
-    every token s of the chunk `[C, dk]` (0 for s > b), and the mask `s <= b` `[16, C]`."""
-    b = pl.ds(i * SUB - 1, 1)
-    lb, sb = lg_ref[b, :], sg_ref[b, :]  # [1, dk]
-    fq = sg * sb * jnp.exp(lg - lb)  # t > b: exponent <= 0
+def _before(t0, lg_all, sg_all, lg_b, sg_b, C, after=False):
+    """`G_b / G_s` for the chunk's tokens s < t0 (or `G_s / G_b` for s > t0 with `after`),
+    0 elsewhere: `[C, dk]`, magnitude <= 1."""
     s_col, _ = cm.iotas(C, 1)
-    before = s_col < i * SUB  # [C, 1]
-    fk = jnp.where(before, sg_all * sb * jnp.exp(jnp.minimum(lb - lg_all, 0.0)), 0.0)
-    _, s_idx = cm.iotas(SUB, C)
-    return fq, fk, s_idx < i * SUB
+    if after:
+        return jnp.where(s_col > t0, sg_all * sg_b * jnp.exp(jnp.minimum(lg_all - lg_b, 0.0)), 0.0)
+    return jnp.where(s_col < t0, sg_all * sg_b * jnp.exp(jnp.minimum(lg_b - lg_all, 0.0)), 0.0)
+
+
+def _diag_decay(j, lg, sg, lgj, sgj):
+    """`G_t / G_j` for the sub-block's rows t >= j, else 0: `[16, dk]`."""
+    r, _ = cm.iotas(SUB, 1)
+    return jnp.where(r >= j, sg * sgj * jnp.exp(jnp.minimum(lg - lgj, 0.0)), 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# kernels
+# ------------------------------------------------------------------------------------------
+def _prep_kernel(g_ref, lc_ref, sc_ref, gc_ref, *, tiny):
+    # one chunk: g [C, dk] (the per-key gates, f32) -> lc: cumulative log|g| (f32), sc:
+    # cumulative sign (+-1, bf16) [C, dk]; gc: the chunk's total decay as a column [dk, 1].
+    # Cumulative sums as products with the lower-triangular ones (exact for the sign counts,
+    # f32-accurate for the logs: 3xTF32 on GPU).
+    g = g_ref[...]
+    C = g.shape[0]
+    r, c = cm.iotas(C)
+    tril = jnp.where(r >= c, 1.0, 0.0).astype(F32)
+    lc = cm.mm(tril, jnp.log(jnp.maximum(jnp.abs(g), tiny)))
+    cnt = cm.mm(tril, jnp.where(g < 0, 1.0, 0.0).astype(F32))
+    sc = 1.0 - 2.0 * (cnt - 2.0 * jnp.floor(cnt * 0.5 + 0.25))
+    lc_ref[...] = lc
+    sc_ref[...] = sc.astype(sc_ref.dtype)
+    r1, _ = cm.iotas(C, 1)
+    tot = jnp.sum(jnp.where(r1 == C - 1, sc * jnp.exp(lc), 0.0), axis=0, keepdims=True)
+    gc_ref[...] = cm.row_to_col(tot)
+
+
+def _revcum_kernel(gg_ref, fin_ref, out_ref, *, NC, C):
+    # gg, out: [Lp, dk] f32; fin: [1, dk]. out[t] = fin + sum_{u >= t} gg[u], chunks in reverse
+    r, c = cm.iotas(C)
+    triu = jnp.where(r <= c, 1.0, 0.0).astype(F32)
+
+    def chunk(i, carry):
+        sl = pl.ds((NC - 1 - i) * C, C)
+        gg = gg_ref[sl, :]
+        out_ref[sl, :] = cm.mm(triu, gg) + carry
+        return carry + jnp.sum(gg, axis=0, keepdims=True)
+
+    lax.fori_loop(0, NC, chunk, fin_ref[...])
 
 
 def _sweep_kernel(x_ref, y_ref, lg_ref, sg_ref, gc_ref, s0_ref, ss_ref, sT_ref, *, NC, C, dk,
@@ -73,202 +110,345 @@ def _sweep_kernel(x_ref, y_ref, lg_ref, sg_ref, gc_ref, s0_ref, ss_ref, sT_ref, 
     """The chunk-to-chunk sweep (grid (B, H, dv / BV)). Forward (`x, y = k, v`): the state
     entering every chunk, `S <- diag(G_C) S + (k * G_C / G)^T v`. Backward (`reverse`,
     `x, y = q, dO`): the adjoint after every chunk, `dS <- diag(G_C) dS + (scale q * G)^T dO`.
-    x/lg/sg: [Lp, dk]; y: [Lp, BV]; gc: [NC * dk, 1]; s0, sT: [dk, BV]; ss: [NC * dk, BV] f32
+    x/lg/sg: [Lp, dk]; y: [Lp, BV]; gc: [NC * dk, 1]; s0, sT: [dk, BV] f32; ss: [NC * dk, BV]
     (`ss[c]`: the value before chunk c's update)."""
     dt = x_ref.dtype
 
     def chunk(i, st):
         c = NC - 1 - i if reverse else i
-        ss_ref[pl.ds(c * dk, dk), :] = st
+        ss_ref[pl.ds(c * dk, dk), :] = st.astype(ss_ref.dtype)
         sl = pl.ds(c * C, C)
-        lg, sg = lg_ref[sl, :], sg_ref[sl, :]
+        lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
         if reverse:
             f = scale * sg * jnp.exp(lg)
         else:
-            last = pl.ds(c * C + C - 1, 1)
-            f = sg_ref[last, :] * sg * jnp.exp(lg_ref[last, :] - lg)
+            last = c * C + C - 1
+            f = _row(sg_ref, last) * sg * jnp.exp(_row(lg_ref, last) - lg)
         xf = x_ref[sl, :].astype(F32) * f
         return gc_ref[pl.ds(c * dk, dk), :] * st + cm.mm_tn(xf, y_ref[sl, :], dt)
 
     sT_ref[...] = lax.fori_loop(0, NC, chunk, s0_ref[...].astype(F32))
 
 
-def _o_kernel(q_ref, k_ref, v_ref, lg_ref, sg_ref, h_ref, o_ref, *, C, scale):
-    # one chunk: q/k/lg/sg [C, dk]; v, o [C, dv]; h [dk, dv] f32 (the entering state)
+def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
+    # q/k/lg/sg: the chunk [C, dk]; a: this sub-block's rows of A [16, C] (input dtype)
     dt = q_ref.dtype
-    lg_all, sg_all = lg_ref[...], sg_ref[...]
-    k_all = k_ref[...].astype(F32)
-    for i in range(C // SUB):  # static: C / 16 sub-blocks
-        sl = pl.ds(i * SUB, SUB)
-        q = q_ref[sl, :].astype(F32) * scale
-        lg, sg = lg_ref[sl, :], sg_ref[sl, :]
-        o = cm.mm(q * (sg * jnp.exp(lg)), h_ref[...], dt)  # from the entering state
-        p = jnp.sum(q[:, None, :] * k_ref[sl, :].astype(F32)[None, :, :] * _decay3(lg, sg),
-                    axis=-1)
-        o = o + cm.mm(p, v_ref[sl, :], dt)  # the diagonal block
-        if i > 0:  # the chunk's earlier sub-blocks
-            fq, fk, mask = _boundary(i, lg_ref, sg_ref, lg, sg, lg_all, sg_all, C)
-            pp = jnp.where(mask, cm.mm_nt(q * fq, k_all * fk, dt), 0.0)  # [16, C]
-            o = o + cm.mm(pp, v_ref[...], dt)
-        o_ref[sl, :] = o.astype(o_ref.dtype)
+    t0 = (pl.program_id(2) % (C // SUB)) * SUB
+    sl = pl.ds(t0, SUB)
+    q = q_ref[sl, :].astype(F32) * scale
+    lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
+    lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
+    fq = sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0))
+    fk = _before(t0, lg_ref[...], sg_ref[...].astype(F32), lg0, sg0, C)
+    acc = cm.mm_nt(q * fq, k_ref[...].astype(F32) * fk, dt)  # [16, C]; 0 from column t0 on
+    _, cidx = cm.iotas(SUB, C)
+
+    def column(j, acc):  # key t0 + j of the diagonal block
+        s = t0 + j
+        dec = _diag_decay(j, lg, sg, _row(lg_ref, s), _row(sg_ref, s))
+        col = jnp.sum(q * _row(k_ref, s) * dec, axis=1, keepdims=True)  # [16, 1]
+        return jnp.where(cidx == s, col, acc)
+
+    a_ref[...] = lax.fori_loop(0, SUB, column, acc).astype(a_ref.dtype)
 
 
-def _grad_kernel(q_ref, k_ref, v_ref, lg_ref, sg_ref, h_ref, dh_ref, do_ref,
-                 dq_ref, dk_ref, dv_ref, *, C, scale):
-    # one chunk: q/k/lg/sg [C, dk]; v, do [C, dv]; h (entering), dh (adjoint after) [dk, dv];
-    # dq, dk [C, dk] and dv [C, dv] f32 (gradients of the unscaled q)
+def _o_kernel(q_ref, lg_ref, sg_ref, h_ref, a_ref, v_ref, o_ref, *, scale):
+    # one chunk: q/lg/sg [C, dk]; h [dk, BV] (entering state); a [C, C]; v, o [C, BV]
     dt = q_ref.dtype
-    lg_all, sg_all = lg_ref[...], sg_ref[...]
-    k_all = k_ref[...].astype(F32)
-    last = pl.ds(C - 1, 1)
-    g_end = sg_ref[last, :] * sg_all * jnp.exp(lg_ref[last, :] - lg_all)  # [C, dk]
-    # inter-chunk parts (M = C)
-    dv_ref[...] = cm.mm(k_all * g_end, dh_ref[...], dt)
-    dk_ref[...] = cm.mm_nt(v_ref[...], dh_ref[...], dt) * g_end
-    dq_ref[...] = cm.mm_nt(do_ref[...], h_ref[...], dt) * (scale * sg_all * jnp.exp(lg_all))
-    for i in range(C // SUB):  # static
-        sl = pl.ds(i * SUB, SUB)
-        q = q_ref[sl, :].astype(F32) * scale
-        k = k_ref[sl, :].astype(F32)
-        lg, sg = lg_ref[sl, :], sg_ref[sl, :]
-        do = do_ref[sl, :].astype(F32)
-        # diagonal block
-        gam3 = _decay3(lg, sg)
-        p = jnp.sum(q[:, None, :] * k[None, :, :] * gam3, axis=-1)  # [16, 16]
-        r, c = cm.iotas(SUB)
-        dp = jnp.where(r >= c, cm.mm_nt(do, v_ref[sl, :], dt), 0.0)
-        w3 = dp[:, :, None] * gam3
-        dq_ref[sl, :] = dq_ref[sl, :] + jnp.sum(w3 * k[None, :, :], axis=1) * scale
-        dk_ref[sl, :] = dk_ref[sl, :] + jnp.sum(w3 * q[:, None, :], axis=0)
-        dv_ref[sl, :] = dv_ref[sl, :] + cm.mm_tn(p, do, dt)
-        if i > 0:  # against the chunk's earlier sub-blocks
-            fq, fk, mask = _boundary(i, lg_ref, sg_ref, lg, sg, lg_all, sg_all, C)
-            qt, kt = q * fq, k_all * fk
-            pp = jnp.where(mask, cm.mm_nt(qt, kt, dt), 0.0)  # [16, C]
-            dpp = jnp.where(mask, cm.mm_nt(do, v_ref[...], dt), 0.0)  # [16, C]
-            dv_ref[...] = dv_ref[...] + cm.mm_tn(pp, do, dt)
-            dq_ref[sl, :] = dq_ref[sl, :] + cm.mm(dpp, kt, dt) * fq * scale
-            dk_ref[...] = dk_ref[...] + cm.mm_tn(dpp, qt, dt) * fk
+    qg = q_ref[...].astype(F32) * (scale * sg_ref[...].astype(F32) * jnp.exp(lg_ref[...]))
+    o = cm.mm(qg, h_ref[...], dt) + cm.mm(a_ref[...], v_ref[...], dt)
+    o_ref[...] = o.astype(o_ref.dtype)
+
+
+def _dv_kernel(k_ref, v_ref, do_ref, lg_ref, sg_ref, a_ref, h_ref, dh_ref,
+               da_ref, dv_ref, dqi_ref, dki_ref, *, C, scale):
+    # one chunk and value tile: k/lg/sg [C, dk]; v, do, dv [C, BV]; a, da [C, C]; h
+    # (entering), dh (adjoint after) [dk, BV]; dqi, dki [C, dk] f32: the inter-chunk parts of
+    # dq (unscaled q) and dk. da, dqi, dki are partial sums over value tiles.
+    dt = k_ref.dtype
+    lg, sg = lg_ref[...], sg_ref[...].astype(F32)
+    last = C - 1
+    g_end = _row(sg_ref, last) * sg * jnp.exp(_row(lg_ref, last) - lg)
+    do, v = do_ref[...], v_ref[...]
+    r, c = cm.iotas(C)
+    da_ref[...] = jnp.where(r >= c, cm.mm_nt(do, v, dt), 0.0)
+    dv = cm.mm_tn(a_ref[...], do, dt) + cm.mm(k_ref[...].astype(F32) * g_end, dh_ref[...], dt)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    dqi_ref[...] = cm.mm_nt(do, h_ref[...], dt) * (scale * sg * jnp.exp(lg))
+    dki_ref[...] = cm.mm_nt(v, dh_ref[...], dt) * g_end
+
+
+def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
+                dq_ref, dk_ref, gg_ref, *, C, scale):
+    # q/k/lg/sg: the chunk [C, dk]; da: the chunk's dA [C, C] f32; dqi, dki, and the outputs
+    # dq, dk (input dtype), gg = q dq - k dk (f32): this sub-block's rows [16, dk]. Only
+    # [16, dk] tiles are live.
+    dt = q_ref.dtype
+    i = pl.program_id(2) % (C // SUB)
+    t0 = i * SUB
+    e = t0 + SUB - 1
+    sl = pl.ds(t0, SUB)
+    q_raw, k = q_ref[sl, :].astype(F32), k_ref[sl, :].astype(F32)
+    q = q_raw * scale
+    lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
+    lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
+    lge, sge = _row(lg_ref, e), _row(sg_ref, e)
+    dq = jnp.zeros((SUB, q.shape[1]), F32)
+    dk = jnp.zeros_like(dq)
+    for j in range(C // SUB):  # static: the chunk's other sub-blocks
+        bl = pl.ds(j * SUB, SUB)
+        lgj, sgj = lg_ref[bl, :], sg_ref[bl, :].astype(F32)
+        # earlier (j < i), rescaled at t0: dq_t += sum_s dA[t, s] k_s (G_t0 / G_s)
+        fk = sgj * sg0 * jnp.exp(jnp.minimum(lg0 - lgj, 0.0))
+        dq_j = cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
+        dq = dq + jnp.where(j < i, dq_j, 0.0)
+        # later (j > i), rescaled at e: dk_s += sum_t dA[t, s] (scale q_t) (G_t / G_e)
+        fq = sgj * sge * jnp.exp(jnp.minimum(lgj - lge, 0.0))
+        dk_j = cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
+        dk = dk + jnp.where(j > i, dk_j, 0.0)
+    dq = dq * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # (G_t / G_t0)
+    dk = dk * (sg * sge * jnp.exp(jnp.minimum(lge - lg, 0.0)))  # (G_e / G_s)
+    r, _ = cm.iotas(SUB, 1)
+
+    def column(j, carry):  # key t0 + j of the diagonal block
+        dq, dk = carry
+        s = t0 + j
+        w = da_ref[sl, pl.ds(s, 1)] * _diag_decay(j, lg, sg, _row(lg_ref, s), _row(sg_ref, s))
+        dk_row = jnp.sum(w * q, axis=0, keepdims=True)  # [1, dk]
+        return dq + w * _row(k_ref, s), dk + jnp.where(r == j, dk_row, 0.0)
+
+    dq, dk = lax.fori_loop(0, SUB, column, (dq, dk))
+    dq = dq * scale + dqi_ref[...]
+    dk = dk + dki_ref[...]
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    gg_ref[...] = q_raw * dq - k * dk
 
 
 # ------------------------------------------------------------------------------------------
-# pallas_call wrappers
+# pallas_call wrappers. cfg = (C, scale, interpret, platform, bv, num_warps, layout, bvc)
 # ------------------------------------------------------------------------------------------
-def _seq_specs(B, H, Lp, dk, dv, bv, NC):
-    """Sequential kernels: grid (B, H, dv / bv), all parallel."""
-    seq_k = cm.block_spec((B, H, Lp, dk), (None, None, Lp, dk), lambda b, h, j: (b, h, 0, 0))
-    seq_v = cm.block_spec((B, H, Lp, dv), (None, None, Lp, bv), lambda b, h, j: (b, h, 0, j))
-    gc = cm.block_spec((B, H, NC * dk, 1), (None, None, NC * dk, 1),
-                       lambda b, h, j: (b, h, 0, 0))
-    state = cm.block_spec((B, H, dk, dv), (None, None, dk, bv), lambda b, h, j: (b, h, 0, j))
-    states = cm.block_spec((B, H, NC * dk, dv), (None, None, NC * dk, bv),
-                           lambda b, h, j: (b, h, 0, j))
-    return seq_k, seq_v, gc, state, states
+def _key_tile(dk, platform, preferred=64):
+    """Key-dim tile: `preferred` on GPU (fewer registers per program; None: the full dk), the
+    full dk elsewhere (TPU lane rule)."""
+    return dk if preferred is None else cm.value_tile(dk, platform, preferred)
 
 
-def _chunk_specs(B, H, Lp, dk, dv, C, NC):
-    """Chunk-parallel kernels: grid (B, H, NC), all parallel."""
-    ck = cm.block_spec((B, H, Lp, dk), (None, None, C, dk), lambda b, h, c: (b, h, c, 0))
-    cv = cm.block_spec((B, H, Lp, dv), (None, None, C, dv), lambda b, h, c: (b, h, c, 0))
-    st = cm.block_spec((B, H, NC * dk, dv), (None, None, dk, dv), lambda b, h, c: (b, h, c, 0))
-    return ck, cv, st
-
-
-def _params(platform, num_warps):
-    return cm.compiler_params(platform, 3, num_warps=num_warps, num_stages=1)
+def _params(platform, n, num_warps, num_stages=1):
+    return cm.compiler_params(platform, n, num_warps=num_warps, num_stages=num_stages)
 
 
 def _sweep(x, y, lgc, sgc, gc, s0, cfg, reverse):
-    """`(ss [B, H, NC * dk, dv], final [B, H, dk, dv])` of `_sweep_kernel`."""
-    C, scale, interpret, platform, bv, num_warps = cfg
-    B, H, Lp, dk = x.shape
-    dv = y.shape[-1]
+    """`(ss [B, H, NC * dk, dv] (input dtype), final [B, H, dk, dv] f32)` of `_sweep_kernel`."""
+    C, scale, interpret, platform, bv, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(x, layout)
+    dv = cm.seq_dims(y, layout)[-1]
     NC = Lp // C
-    seq_k, seq_v, gcs, state, states = _seq_specs(B, H, Lp, dk, dv, bv, NC)
+    sk = cm.seq_spec(B, H, Lp, dk, Lp, dk, layout, lambda b, h, j: (b, h, 0, 0))
+    sv = cm.seq_spec(B, H, Lp, dv, Lp, bv, layout, lambda b, h, j: (b, h, 0, j))
+    gcs = cm.block_spec((B, H, NC * dk, 1), (None, None, NC * dk, 1),
+                        lambda b, h, j: (b, h, 0, 0))
+    state = cm.block_spec((B, H, dk, dv), (None, None, dk, bv), lambda b, h, j: (b, h, 0, j))
+    states = cm.block_spec((B, H, NC * dk, dv), (None, None, NC * dk, bv),
+                           lambda b, h, j: (b, h, 0, j))
     return cm.pallas_call(
         platform,
         functools.partial(_sweep_kernel, NC=NC, C=C, dk=dk, scale=scale, reverse=reverse),
         grid=(B, H, dv // bv),  # all parallel
-        in_specs=[seq_k, seq_v, seq_k, seq_k, gcs, state],
+        in_specs=[sk, sv, sk, sk, gcs, state],
         out_specs=[states, state],
-        out_shape=[jax.ShapeDtypeStruct((B, H, NC * dk, dv), F32),
+        out_shape=[jax.ShapeDtypeStruct((B, H, NC * dk, dv), x.dtype),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
-        interpret=interpret, compiler_params=_params(platform, num_warps),
+        # 3 pipeline stages of the chunk loads for 16-bit inputs; f32 tiles would not fit the
+        # shared memory three times over
+        interpret=interpret,
+        compiler_params=_params(platform, 3, num_warps, 1 if x.dtype == F32 else 3),
         name="lrnn_gla_chunk_dh" if reverse else "lrnn_gla_chunk_h",
     )(x, y, lgc, sgc, gc, s0)
 
 
-def _outputs(qi, ki, vi, lgc, sgc, hs, cfg):
-    C, scale, interpret, platform, _, num_warps = cfg
-    B, H, Lp, dk = ki.shape
-    dv = vi.shape[-1]
-    NC = Lp // C
-    ck, cv, st = _chunk_specs(B, H, Lp, dk, dv, C, NC)
+# Key-dim tiles on GPU (a Triton program's registers): the score kernel sums partial products
+# over key tiles (added in the wrapper); dq, dk of a key tile only need that tile. A sweep knob
+# of `experiments.bench.stages --key-tile`.
+KEY_TILE = {"scores": 64, "dqk": None}
+
+
+def _sub_grid_specs(B, H, Lp, dk, bk, C, layout):
+    """Grid (B, H, Lp / 16, dk / bk): the sub-block's chunk `[C, bk]`, its own rows
+    `[16, bk]`, the chunk's `[C, C]` score block."""
+    n = C // SUB
+    ck = cm.seq_spec(B, H, Lp, dk, C, bk, layout, lambda b, h, i, j: (b, h, i // n, j))
+    sk = cm.seq_spec(B, H, Lp, dk, SUB, bk, layout, lambda b, h, i, j: (b, h, i, j))
+    cc = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, i, j: (b, h, i // n, 0))
+    return ck, sk, cc
+
+
+def _scores(qi, ki, lgc, sgc, cfg):
+    """A `[B, H, Lp, C]` in the input dtype (rows of each chunk's `[C, C]` block)."""
+    C, scale, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(ki, layout)
+    bk = _key_tile(dk, platform, KEY_TILE["scores"])
+    nk = dk // bk
+    ck, _, _ = _sub_grid_specs(B, H, Lp, dk, bk, C, layout)
+    part = cm.block_spec((nk, B, H, Lp, C), (None, None, None, SUB, C),
+                         lambda b, h, i, j: (j, b, h, i, 0))
+    a = cm.pallas_call(
+        platform, functools.partial(_a_kernel, C=C, scale=scale),
+        grid=(B, H, Lp // SUB, nk),  # all parallel
+        in_specs=[ck, ck, ck, ck],
+        out_specs=part,
+        out_shape=jax.ShapeDtypeStruct((nk, B, H, Lp, C), qi.dtype if nk == 1 else F32),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_gla_chunk_a",
+    )(qi, ki, lgc, sgc)
+    return a[0] if nk == 1 else a.sum(0).astype(qi.dtype)
+
+
+def _outputs(qi, lgc, sgc, hs, a, vi, cfg):
+    C, scale, interpret, platform, _, num_warps, layout, bvc = cfg
+    B, H, Lp, dk = cm.seq_dims(qi, layout)
+    dv = cm.seq_dims(vi, layout)[-1]
+    ck = cm.seq_spec(B, H, Lp, dk, C, dk, layout, lambda b, h, c, j: (b, h, c, 0))
+    cv = cm.seq_spec(B, H, Lp, dv, C, bvc, layout, lambda b, h, c, j: (b, h, c, j))
+    st = cm.block_spec((B, H, Lp // C * dk, dv), (None, None, dk, bvc),
+                       lambda b, h, c, j: (b, h, c, j))
+    cc = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c, j: (b, h, c, 0))
     return cm.pallas_call(
-        platform, functools.partial(_o_kernel, C=C, scale=scale),
-        grid=(B, H, NC),  # all parallel
-        in_specs=[ck, ck, cv, ck, ck, st],
+        platform, functools.partial(_o_kernel, scale=scale),
+        grid=(B, H, Lp // C, dv // bvc),  # all parallel
+        in_specs=[ck, ck, ck, st, cc, cv],
         out_specs=cv,
-        out_shape=jax.ShapeDtypeStruct((B, H, Lp, dv), qi.dtype),
-        interpret=interpret, compiler_params=_params(platform, num_warps),
+        out_shape=jax.ShapeDtypeStruct(cm.seq_shape(B, H, Lp, dv, layout), qi.dtype),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
         name="lrnn_gla_chunk_o",
-    )(qi, ki, vi, lgc, sgc, hs)
+    )(qi, lgc, sgc, hs, a, vi)
 
 
-def _grads(qi, ki, vi, lgc, sgc, hs, dhs, do, cfg):
-    C, scale, interpret, platform, _, num_warps = cfg
-    B, H, Lp, dk = ki.shape
-    dv = vi.shape[-1]
-    NC = Lp // C
-    ck, cv, st = _chunk_specs(B, H, Lp, dk, dv, C, NC)
+def _dv(ki, vi, do, lgc, sgc, a, hs, dhs, cfg):
+    """`(dA, dv, dq inter, dk inter)`; over value tiles of width bvd, dA and the inter parts
+    are partial sums (added here). bvd = dv except for f32 on GPU (32: shared memory)."""
+    C, scale, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(ki, layout)
+    dv = cm.seq_dims(vi, layout)[-1]
+    bvd = min(dv, 32) if (platform == "gpu" and ki.dtype == F32) else dv
+    nv = dv // bvd
+    ck = cm.seq_spec(B, H, Lp, dk, C, dk, layout, lambda b, h, c, j: (b, h, c, 0))
+    cv = cm.seq_spec(B, H, Lp, dv, C, bvd, layout, lambda b, h, c, j: (b, h, c, j))
+    pk = cm.seq_spec(B, H, Lp, dk, C, dk, layout, lambda b, h, c, j: (j, b, h, c, 0),
+                     lead=(nv,))
+    st = cm.block_spec((B, H, Lp // C * dk, dv), (None, None, dk, bvd),
+                       lambda b, h, c, j: (b, h, c, j))
+    cc = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c, j: (b, h, c, 0))
+    pc = cm.block_spec((nv, B, H, Lp, C), (None, None, None, C, C),
+                       lambda b, h, c, j: (j, b, h, c, 0))
+    pshape = cm.seq_shape(B, H, Lp, dk, layout, (nv,))
+    da, dv_, dqi, dki = cm.pallas_call(
+        platform, functools.partial(_dv_kernel, C=C, scale=scale),
+        grid=(B, H, Lp // C, nv),  # all parallel
+        in_specs=[ck, cv, cv, ck, ck, cc, st, st],
+        out_specs=[pc, cv, pk, pk],
+        out_shape=[jax.ShapeDtypeStruct((nv, B, H, Lp, C), F32),
+                   jax.ShapeDtypeStruct(cm.seq_shape(B, H, Lp, dv, layout), vi.dtype),
+                   jax.ShapeDtypeStruct(pshape, F32), jax.ShapeDtypeStruct(pshape, F32)],
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_gla_chunk_dv",
+    )(ki, vi, do, lgc, sgc, a, hs, dhs)
+    return da.sum(0), dv_, dqi.sum(0), dki.sum(0)
+
+
+def _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg):
+    C, scale, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(ki, layout)
+    bk = _key_tile(dk, platform, KEY_TILE["dqk"])
+    ck, sk, cc = _sub_grid_specs(B, H, Lp, dk, bk, C, layout)
+    shape = cm.seq_shape(B, H, Lp, dk, layout)
     return cm.pallas_call(
-        platform, functools.partial(_grad_kernel, C=C, scale=scale),
-        grid=(B, H, NC),  # all parallel
-        in_specs=[ck, ck, cv, ck, ck, st, st, cv],
-        out_specs=[ck, ck, cv],
-        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, dk), F32),
-                   jax.ShapeDtypeStruct((B, H, Lp, dk), F32),
-                   jax.ShapeDtypeStruct((B, H, Lp, dv), F32)],
-        interpret=interpret, compiler_params=_params(platform, num_warps),
-        name="lrnn_gla_chunk_grad",
-    )(qi, ki, vi, lgc, sgc, hs, dhs, do)
+        platform, functools.partial(_dqk_kernel, C=C, scale=scale),
+        grid=(B, H, Lp // SUB, dk // bk),  # all parallel
+        in_specs=[ck, ck, ck, ck, cc, sk, sk],
+        out_specs=[sk, sk, sk],
+        out_shape=[jax.ShapeDtypeStruct(shape, qi.dtype), jax.ShapeDtypeStruct(shape, ki.dtype),
+                   jax.ShapeDtypeStruct(shape, F32)],
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_gla_chunk_dqk",
+    )(qi, ki, lgc, sgc, da, dqi, dki)
 
 
-def prep_gates(la, sa, C):
-    """Per-token log|g|, sign `[B, H, Lp, dk]` -> within-chunk cumulatives `[B, H, Lp, dk]`
-    and each chunk's total decay as a column `[B, H, NC * dk, 1]`."""
-    B, H, Lp, dk = la.shape
+_TINY = 1e-30  # |gate| floor before the log (as in pallas_kernels.gla)
+
+
+def prep_gates(g, cfg):
+    """Per-key gates `g` (a sequence array, f32) -> within-chunk cumulative log|g| (f32) and
+    sign (bf16: +-1 is exact, half the traffic) in the same layout, and each chunk's total
+    decay as a column `[B, H, NC * dk, 1]` f32."""
+    C, _, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(g, layout)
     NC = Lp // C
-    lc = jnp.cumsum(la.reshape(B, H, NC, C, dk), axis=3)
-    neg = jnp.cumsum((sa < 0).astype(jnp.int32).reshape(B, H, NC, C, dk), axis=3) % 2
-    sc = 1.0 - 2.0 * neg.astype(F32)
-    gc = (sc[:, :, :, -1] * jnp.exp(lc[:, :, :, -1])).reshape(B, H, NC * dk, 1)
-    return lc.reshape(B, H, Lp, dk), sc.reshape(B, H, Lp, dk), gc
+    bk = _key_tile(dk, platform)
+    nk = dk // bk
+    ck = cm.seq_spec(B, H, Lp, dk, C, bk, layout, lambda b, h, c, j: (b, h, c, j))
+    col = cm.block_spec((B, H, NC * dk, 1), (None, None, bk, 1),
+                        lambda b, h, c, j: (b, h, c * nk + j, 0))
+    return cm.pallas_call(
+        platform, functools.partial(_prep_kernel, tiny=_TINY),
+        grid=(B, H, NC, nk),  # all parallel
+        in_specs=[ck],
+        out_specs=[ck, ck, col],
+        out_shape=[jax.ShapeDtypeStruct(g.shape, F32),
+                   jax.ShapeDtypeStruct(g.shape, jnp.bfloat16),
+                   jax.ShapeDtypeStruct((B, H, NC * dk, 1), F32)],
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        name="lrnn_gla_chunk_gates",
+    )(g)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def core(qi, ki, vi, la, sa, h0, cfg):
-    """`(o [B, H, Lp, dv], final state)` from `[B, H, Lp, d]` inputs; cfg = (C, scale,
-    interpret, platform, bv, num_warps)."""
-    (o, ht), _ = _core_fwd(qi, ki, vi, la, sa, h0, cfg)
+def _gate_grad(gg, ht, dht, cfg):
+    """Gradient of the per-token log|g|: `fin + sum_{u >= t} gg_u` with `fin =
+    rowsum(S_T * dS_T)` (per key), as a sequence array."""
+    C, _, interpret, platform, _, num_warps, layout, _ = cfg
+    B, H, Lp, dk = cm.seq_dims(gg, layout)
+    fin = jnp.sum(ht * dht, axis=-1)[:, :, None, :]  # [B, H, 1, dk]
+    bk = _key_tile(dk, platform, 32)
+    sk = cm.seq_spec(B, H, Lp, dk, Lp, bk, layout, lambda b, h, j: (b, h, 0, j))
+    return cm.pallas_call(
+        platform, functools.partial(_revcum_kernel, NC=Lp // C, C=C),
+        grid=(B, H, dk // bk),  # all parallel
+        in_specs=[sk, cm.block_spec((B, H, 1, dk), (None, None, 1, bk),
+                                    lambda b, h, j: (b, h, 0, j))],
+        out_specs=sk,
+        out_shape=jax.ShapeDtypeStruct(gg.shape, F32),
+        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        name="lrnn_gla_chunk_dgate",
+    )(gg, fin)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def core(qi, ki, vi, g, h0, cfg):
+    """`(o, final state)` from sequence arrays in the layout cfg[6] (with the per-key gates `g`,
+    f32, padded with 1); cfg = (C, scale, interpret, platform, bv, num_warps, layout, bvc)."""
+    (o, ht), _ = _core_fwd(qi, ki, vi, g, h0, cfg)
     return o, ht
 
 
-def _core_fwd(qi, ki, vi, la, sa, h0, cfg):
-    lgc, sgc, gc = prep_gates(la, sa, cfg[0])
+def _core_fwd(qi, ki, vi, g, h0, cfg):
+    lgc, sgc, gc = prep_gates(g, cfg)
     hs, ht = _sweep(ki, vi, lgc, sgc, gc, h0, cfg, reverse=False)
-    o = _outputs(qi, ki, vi, lgc, sgc, hs, cfg)
-    return (o, ht), (qi, ki, vi, lgc, sgc, gc, hs, ht, sa)
+    a = _scores(qi, ki, lgc, sgc, cfg)
+    o = _outputs(qi, lgc, sgc, hs, a, vi, cfg)
+    return (o, ht), (qi, ki, vi, g, lgc, sgc, gc, hs, a, ht)
 
 
 def _core_bwd(cfg, res, cts):
-    qi, ki, vi, lgc, sgc, gc, hs, ht, sa = res
+    qi, ki, vi, g, lgc, sgc, gc, hs, a, ht = res
     do, dht = cts
     dht = dht.astype(F32)
-    dhs, dh0 = _sweep(qi, do, lgc, sgc, gc, dht, cfg, reverse=True)
-    dq, dk, dv = _grads(qi, ki, vi, lgc, sgc, hs, dhs, do, cfg)
-    return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype),
-            gate_grad(qi, dq, ki, dk, ht, dht), jnp.zeros_like(sa), dh0)
+    dhs, dh0 = _sweep(qi, do.astype(qi.dtype), lgc, sgc, gc, dht, cfg, reverse=True)
+    da, dv, dqi, dki = _dv(ki, vi, do.astype(vi.dtype), lgc, sgc, a, hs, dhs, cfg)
+    dq, dk, gg = _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg)
+    dla = _gate_grad(gg, ht, dht, cfg)
+    # log|g| -> g: d/dg = 1 / g where |g| > the floor, else 0 (as jnp.maximum's gradient)
+    dg = jnp.where(jnp.abs(g) > _TINY, dla / jnp.where(g == 0, 1.0, g), 0.0)
+    return dq, dk, dv, dg, dh0
 
 
 core.defvjp(_core_fwd, _core_bwd)

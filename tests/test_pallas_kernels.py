@@ -230,6 +230,8 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
     (True, 37, 32, False), (False, 21, 16, False), (True, 29, 32, True),
     # chunk_parallel (pallas_kernels.gla_chunk): several sub-blocks per chunk, T not a multiple
     (True, 70, 64, "chunk"), (False, 45, 32, "chunk"), (True, 16, 16, "chunk"),
+    # ... in the GPU's token-major layout [B, T, H, d] (no transposes)
+    (True, 53, 32, "bthd"),
 ])
 def test_gla_fwd_grad(per_key, T, C, split):
     rng = np.random.default_rng(20 + T)
@@ -242,9 +244,10 @@ def test_gla_fwd_grad(per_key, T, C, split):
     np_out = np_gla(*args[:4], args[4], scale)
 
     def f_pallas(q, k, v, g, h0):
-        if split == "chunk":
+        if split in ("chunk", "bthd"):
             return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
-                                             chunk_size=C, chunk_parallel=True)
+                                             chunk_size=C, chunk_parallel=True,
+                                             _layout="bthd" if split == "bthd" else None)
         return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale, chunk_size=C,
                                          split_intra=split)
 
@@ -293,14 +296,13 @@ def test_chunk_parallel_bf16(op):
     h0 = rng.normal(size=(B, H, dk, dv))
     errs = {}
     for cp in (False, True, "bthd"):
-        if op == "gla" and cp == "bthd":
-            continue
         if op == "gla":
             g = signed_gates(np.random.default_rng(12), (B, T, H, dk))
             ref = np_gla(q, k, v, g, h0, 0.3)
             o, S = pk.gated_linear_attention(
                 *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), jnp.asarray(g, F32),
-                initial_state=jnp.asarray(h0, F32), scale=0.3, chunk_size=C, chunk_parallel=cp)
+                initial_state=jnp.asarray(h0, F32), scale=0.3, chunk_size=C,
+                chunk_parallel=bool(cp), _layout="bthd" if cp == "bthd" else None)
         else:
             k5 = k[:, :, :, None] / np.linalg.norm(k, axis=-1, keepdims=True)[:, :, :, None]
             k5, v5 = bf(k5), v[:, :, :, None]
@@ -350,3 +352,26 @@ def test_delta_chunk_parallel_bf16_grads():
         errs[cp] = [rel(gi.astype(F32), r) for gi, r in zip(g, ref)]
     for n, new, old in zip(names, errs[True], errs[False]):
         assert new < 2e-2 and new < 1.5 * old + 1e-3, (n, errs)
+
+
+def test_gla_chunk_gpu_tiling_interpret():
+    """The GPU organisation of the chunk-parallel GLA kernels (token-major layout, key tiles of
+    64 with partial score sums, 32-wide gate-gradient tiles) run in interpret mode: forward
+    and every gradient against the float64 reference, T not a multiple of the chunk."""
+    rng = np.random.default_rng(31)
+    B, T, H, dk, dv, scale, C = 1, 40, 1, 128, 64, 0.3, 32
+    names = ["q", "k", "v", "gate", "h0"]
+    args = [rng.normal(size=(B, T, H, dk)), rng.normal(size=(B, T, H, dk)),
+            rng.normal(size=(B, T, H, dv)), signed_gates(rng, (B, T, H, dk)),
+            rng.normal(size=(B, H, dk, dv))]
+    np_out = np_gla(*args[:4], args[4], scale)
+
+    def f_pallas(q, k, v, g, h0):
+        return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
+                                         chunk_size=C, chunk_parallel=True, interpret=True,
+                                         _target="gpu")
+
+    def f_ref(q, k, v, g, h0):
+        return jax_gla(q, k, v, g, h0, scale)
+
+    check_fwd_grads(f_pallas, f_ref, np_out, args, names, 1e-5, {"default": 1e-5, "gate": 1e-4})

@@ -160,16 +160,16 @@ def _ours(kind, impl):
 
     def f(*xs):
         # "pallas" is lrnn.ops' pallas path with the kernels' defaults (on GPU for bf16: the
-        # chunk-parallel delta kernels, the split-intra GLA kernels); the other rows switch
-        # those defaults.
+        # chunk-parallel delta and GLA kernels); "pallas-seq" rows are the previous defaults
+        # (sequential-chunk delta kernels; split-intra GLA kernels).
         if kind != "gla" and impl == "pallas-seq":  # delta kernels: the sequential-chunk form
             q, k, v, beta, g = xs
             return pk.delta_product(q, k, v, beta, gate=g, scale=q.shape[-1] ** -0.5,
                                     chunk_parallel=False)[0]
-        if kind == "gla" and impl == "pallas-chunk":  # pallas_kernels.gla_chunk (opt-in)
+        if kind == "gla" and impl == "pallas-seq":  # pallas_kernels.gla, split_intra
             q, k, v, g = xs
             return pk.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
-                                             chunk_parallel=True)[0]
+                                             chunk_parallel=False)[0]
         if kind == "gla":
             q, k, v, g = xs
             return ops.gated_linear_attention(q, k, v, g, scale=q.shape[-1] ** -0.5,
@@ -284,7 +284,7 @@ def main():
     ap.add_argument("--no-chunked", action="store_true",
                     help="skip the XLA chunked rows (their compile is slow at these shapes)")
     ap.add_argument("--impls", default=None,
-                    help="comma list: only these impl rows (e.g. pallas,pallas-chunk)")
+                    help="comma list: only these impl rows (e.g. pallas,pallas-seq)")
     ap.add_argument("--ops", default=None,
                     help="comma list: only these ops (deltanet, gla, gated_deltanet, ...)")
     ap.add_argument("--no-diag", action="store_true", help="skip the diagonal recurrence")
@@ -361,7 +361,7 @@ def main():
             run("deltanet", "delta", impl, shape)
             run("gla", "gla", impl, shape)
         run("deltanet", "delta", "pallas-seq", shape)
-        run("gla", "gla", "pallas-chunk", shape)
+        run("gla", "gla", "pallas-seq", shape)
         run("gated_deltanet", "gated", "pallas", shape)
         run("gated_deltanet", "gated", "pallas-seq", shape)
         run("deltaproduct_nh2", "delta", "pallas", shape, n_h=2)

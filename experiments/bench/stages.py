@@ -141,24 +141,38 @@ def gla_chunk_stages(shape, C, bv, nw, gated, reps):
     from pallas_kernels import gla_chunk as gc_
 
     del gated
-    (q, k, v, g), do, scale, (qi, ki, vi, doi, la, sa, h0) = _gla_setup(shape)
-    cfg = (C, scale, *_MODE, bv, nw)
-    lgc, sgc, gcol = gc_.prep_gates(la, sa, C)
+    B, T, H, D = shape
+    layout = _LAYOUT[0]
+    (q, k, v, g), do = _inputs("gla", B, T, H, D)
+    scale = D ** -0.5
+    lay = _layout if layout == "bhtd" else (lambda x: x)
+    qi, ki, vi, doi = lay(q), lay(k), lay(v), lay(do)
+    gi = lay(g).astype(F32)
+    h0 = jnp.zeros((B, H, D, D), F32)
+    cfg = (C, scale, *_MODE, bv, nw, layout, _BVC[0] or D)
+    lgc, sgc, gcol = gc_.prep_gates(gi, cfg)
     hs, ht = gc_._sweep(ki, vi, lgc, sgc, gcol, h0, cfg, reverse=False)
+    a = gc_._scores(qi, ki, lgc, sgc, cfg)
     dhs, _ = gc_._sweep(qi, doi, lgc, sgc, gcol, jnp.zeros_like(ht), cfg, reverse=True)
+    da, dv, dqi, dki = gc_._dv(ki, vi, doi, lgc, sgc, a, hs, dhs, cfg)
     st = [
-        ("prep_gates", lambda la, sa: gc_.prep_gates(la, sa, C), (la, sa)),
+        ("prep_gates", lambda g: gc_.prep_gates(g, cfg), (gi,)),
         ("sweep", lambda *a: gc_._sweep(*a, cfg, reverse=False), (ki, vi, lgc, sgc, gcol, h0)),
-        ("out", lambda *a: gc_._outputs(*a, cfg), (qi, ki, vi, lgc, sgc, hs)),
+        ("scores", lambda *a: gc_._scores(*a, cfg), (qi, ki, lgc, sgc)),
+        ("out", lambda *a: gc_._outputs(*a, cfg), (qi, lgc, sgc, hs, a, vi)),
         ("sweep rev", lambda *a: gc_._sweep(*a, cfg, reverse=True),
          (qi, doi, lgc, sgc, gcol, jnp.zeros_like(ht))),
-        ("grads", lambda *a: gc_._grads(*a, cfg), (qi, ki, vi, lgc, sgc, hs, dhs, doi)),
+        ("dv", lambda *a: gc_._dv(*a, cfg), (ki, vi, doi, lgc, sgc, a, hs, dhs)),
+        ("dqk", lambda *a: gc_._dqk(*a, cfg), (qi, ki, lgc, sgc, da, dqi, dki)),
+        ("gate_grad", lambda *a: gc_._gate_grad(*a, cfg), (dqi, h0, h0)),
     ]
-    res = _run_stages(st, reps)
-    res["sum"] = sum(res.values())
-    res["total"] = _total(lambda q, k, v, g: pk.gated_linear_attention(
-        q, k, v, g, scale=scale, chunk_size=C, block_v=bv, num_warps=nw,
-        chunk_parallel=True)[0], (q, k, v, g), do, reps)
+    with cm.tuning(num_warps=nw):  # every kernel of the path, not only the sweeps
+        res = _run_stages(st, reps)
+        res["sum"] = sum(res.values())
+        res["total"] = _total(lambda q, k, v, g: pk.gated_linear_attention(
+            q, k, v, g, scale=scale, chunk_size=C, block_v=bv, num_warps=nw,
+            chunk_parallel=True, block_v_chunk=_BVC[0], _layout=layout)[0], (q, k, v, g), do,
+            reps)
     return res
 
 
@@ -183,8 +197,8 @@ def gla_default_stages(shape, C, bv, nw, gated, reps):
     res = _run_stages(st, reps)
     res["sum"] = sum(v for n, v in res.items() if n != "intra_bwd")
     res["total"] = _total(lambda q, k, v, g: pk.gated_linear_attention(
-        q, k, v, g, scale=scale, chunk_size=C, block_v=bv, num_warps=nw)[0], (q, k, v, g),
-        do, reps)
+        q, k, v, g, scale=scale, chunk_size=C, block_v=bv, num_warps=nw,
+        chunk_parallel=False)[0], (q, k, v, g), do, reps)
     return res
 
 
@@ -194,6 +208,10 @@ def _total(f, xs, do, reps):
 
 PATHS = {"delta-chunk": delta_chunk_stages, "delta": delta_default_stages,
          "gla-chunk": gla_chunk_stages, "gla": gla_default_stages}
+
+
+def ints_(s):
+    return [int(x) for x in s.split(",")]
 
 
 def main():
@@ -206,7 +224,10 @@ def main():
     ap.add_argument("--block-v-chunk", type=int, default=None,
                     help="delta-chunk: value tile of the chunk-parallel kernels (default bv)")
     ap.add_argument("--layout", default="bthd", choices=["bthd", "bhtd"])
-    ap.add_argument("--stages", default="1", help="Triton num_stages overrides to sweep")
+    ap.add_argument("--key-tile", default=None,
+                    help="gla-chunk: key tiles of the score and dq/dk kernels, e.g. 64,32")
+    ap.add_argument("--stages", default="0",
+                    help="Triton num_stages overrides to sweep (0: each kernel's own)")
     ap.add_argument("--gated", action="store_true", help="delta paths: Gated DeltaNet")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default=None)
@@ -214,6 +235,10 @@ def main():
     a = ap.parse_args()
     _LAYOUT[0] = a.layout
     _BVC[0] = a.block_v_chunk
+    if a.key_tile:
+        from pallas_kernels import gla_chunk
+
+        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), ints_(a.key_tile)))
     if a.interpret:
         _MODE[:] = [True, "cpu"]
     shape = tuple(int(s) for s in a.shape.split(","))
@@ -223,7 +248,7 @@ def main():
         for C, bv, nw, ns in itertools.product(ints(a.chunks), ints(a.block_v), ints(a.warps),
                                                ints(a.stages)):
             try:
-                with cm.tuning(num_stages=ns):
+                with cm.tuning(**({"num_stages": ns} if ns else {})):
                     res = PATHS[op](shape, C, bv, nw, a.gated, a.reps)
             except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
                 res = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
