@@ -147,10 +147,16 @@ def check_fwd_grads(f_pallas, f_ref64, np_out, args, names, fwd_tol, grad_tol):
 
 
 # ---------------------------------------------------------------- tests
-@pytest.mark.parametrize("block_t", [None, 8])
-def test_linear_recurrence_fwd_grad(block_t):
+@pytest.mark.parametrize("block_t, scan, T", [
+    (None, False, 37), (8, False, 37),
+    # tiles as log-depth scans (the GPU default): 5 tiles (first and last row by row), 2, 1
+    (8, True, 37), (8, True, 13), (8, True, 5),
+    # forward tiles of 16, backward tiles of 8 (block_t_bwd)
+    ((16, 8), True, 37)])
+def test_linear_recurrence_fwd_grad(block_t, scan, T):
+    block_t, block_t_bwd = block_t if isinstance(block_t, tuple) else (block_t, None)
     rng = np.random.default_rng(0)
-    B, T, D = 2, 37, 24
+    B, D = 2, 24
     a = rng.uniform(-1.0, 1.0, size=(B, T, D))  # negative eigenvalues
     b, h0 = rng.normal(size=(B, T, D)), rng.normal(size=(B, D))
     ref = np_linear_recurrence(a, b, h0)
@@ -158,9 +164,11 @@ def test_linear_recurrence_fwd_grad(block_t):
     w = rng2.normal(size=ref.shape)
     a32, b32, h32 = (jnp.asarray(x, F32) for x in (a, b, h0))
     h, grads = jax.jit(jax.value_and_grad(
-        lambda a, b, h0: jnp.sum(pk.linear_recurrence(a, b, h0, block_t=block_t) * w),
+        lambda a, b, h0: jnp.sum(pk.linear_recurrence(a, b, h0, block_t=block_t,
+                                                      tile_scan=scan,
+                                                      block_t_bwd=block_t_bwd) * w),
         (0, 1, 2)))(a32, b32, h32)
-    assert rel(pk.linear_recurrence(a32, b32, h32, block_t=block_t), ref) < 1e-6
+    assert rel(pk.linear_recurrence(a32, b32, h32, block_t=block_t, tile_scan=scan), ref) < 1e-6
     with jax.enable_x64(True):
         g64 = jax.grad(lambda a, b, h0: jnp.sum(jax_linear_recurrence(a, b, h0) * w), (0, 1, 2))(
             *(jnp.asarray(x, jnp.float64) for x in (a, b, h0)))

@@ -240,30 +240,43 @@ def bench_diag(reps=20):
               reps=reps)
     out["chunked"] = dict(ms=t, tbps=nbytes / t / 1e9)
     best, configs = None, []
-    configs += [(bd, nw, None) for bd in (64, 128, 256) for nw in (1, 2, 4)]  # one row a step
-    configs += [(bd, nw, bt) for bd in (64, 128) for nw in (2, 4) for bt in (16, 32)]  # tiles
-    for bd, nw, bt in configs:
-        name = f"pallas bd={bd} nw={nw} bt={bt}"
+    configs += [(bd, nw, None, False) for bd in (64, 128) for nw in (1, 2)]  # one row a step
+    # tiles, steps unrolled row by row (the previous default: bd 64, nw 2, bt 32)
+    configs += [(bd, 2, bt, False) for bd in (64, 128) for bt in (16, 32)]
+    # tiles as one log-depth scan each (tile_scan, the GPU default)
+    configs += [(bd, nw, bt, True) for bd in (16, 32, 64) for nw in (1, 2, 4)
+                for bt in (64, 128, 256)]
+    for bd, nw, bt, scan in configs:
+        name = f"pallas bd={bd} nw={nw} bt={bt}" + (" scan" if scan else "")
         try:
-            fn = jax.jit(lambda a, b, bd=bd, nw=nw, bt=bt: pk.linear_recurrence(
-                a, b, block_d=bd, num_warps=nw, block_t=bt))
+            fn = jax.jit(lambda a, b, bd=bd, nw=nw, bt=bt, scan=scan: pk.linear_recurrence(
+                a, b, block_d=bd, num_warps=nw, block_t=bt, tile_scan=scan))
             t = _time(fn, a, b, reps=reps)
         except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
             print(f"diag {name} failed: {type(e).__name__}: {e}"[:300])
             continue
         out[name] = dict(ms=t, tbps=nbytes / t / 1e9)
         if best is None or t < out[best[0]]["ms"]:
-            best = (name, bd, nw, bt)
+            best = (name, bd, nw, bt, scan)
     out["best"] = None if best is None else best[0]
     if best is not None:
-        _, bd, nw, bt = best
+        _, bd, nw, bt, scan = best
 
-        def fb(a, b):
-            h, vjp = jax.vjp(lambda a, b: pk.linear_recurrence(
-                a, b, block_d=bd, num_warps=nw, block_t=bt), a, b)
+        def fb_default(a, b):  # the defaults of linear_recurrence on this device
+            h, vjp = jax.vjp(pk.linear_recurrence, a, b)
             return vjp(h)
 
-        out["pallas fwd+bwd"] = dict(ms=_time(jax.jit(fb), a, b, reps=reps))
+        out["pallas fwd+bwd"] = dict(ms=_time(jax.jit(fb_default), a, b, reps=reps))
+        # the backward's own tile (block_t_bwd), with the best forward tiles
+        for btb in (16, 32, 64):
+            def fbb(a, b, btb=btb):
+                h, vjp = jax.vjp(lambda a, b: pk.linear_recurrence(
+                    a, b, block_d=bd, num_warps=nw, block_t=bt, tile_scan=scan,
+                    block_t_bwd=btb), a, b)
+                return vjp(h)
+
+            out[f"pallas fwd+bwd ({best[0][7:]}, block_t_bwd={btb})"] = dict(
+                ms=_time(jax.jit(fbb), a, b, reps=reps))
     return out
 
 
