@@ -26,7 +26,7 @@ mode, picks tensor-core instructions (wgmma on Hopper) for `jnp.dot` itself and 
 `fori_loop` carries in registers. jax-triton would also mean a separate hand-written Triton
 source. It compiled and ran all three kernels on an H100 (jax 0.11.2, Triton 3.6), but the
 current kernels are still slower than fla (on an H200, bf16 fwd+bwd: DeltaNet 0.73-0.79x
-fla's speed, GLA 0.59-0.64x; the diagonal recurrence at 62-70% of copy bandwidth): see
+fla's speed, GLA 0.64-0.66x; the diagonal recurrence at 62-70% of copy bandwidth): see
 `benchmarks/RESULTS.md` for the numbers, what limits them (register spills in the Triton
 programs) and what would close the gap. The Triton lowering warns that it is deprecated.
 

@@ -44,6 +44,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
+from pallas_kernels._scan import AVAILABLE as SCAN_AVAILABLE
+from pallas_kernels._scan import linear_scan
 
 F32 = jnp.float32
 SUB = 16  # queries per sub-block inside a chunk
@@ -72,17 +74,22 @@ def _diag_decay(j, lg, sg, lgj, sgj):
 # ------------------------------------------------------------------------------------------
 # kernels
 # ------------------------------------------------------------------------------------------
-def _prep_kernel(g_ref, lc_ref, sc_ref, gc_ref, *, tiny):
+def _cumsum(x, scan):
+    """Cumulative sum down the rows of `[C, d]` (f32): Triton's scan on GPU (`scan`), else a
+    product with the lower-triangular ones (exact for counts, f32-accurate otherwise)."""
+    if scan:
+        return jnp.cumsum(x, axis=0)
+    r, c = cm.iotas(x.shape[0])
+    return cm.mm(jnp.where(r >= c, 1.0, 0.0).astype(F32), x)
+
+
+def _prep_kernel(g_ref, lc_ref, sc_ref, gc_ref, *, tiny, scan):
     # one chunk: g [C, dk] (the per-key gates, f32) -> lc: cumulative log|g| (f32), sc:
     # cumulative sign (+-1, bf16) [C, dk]; gc: the chunk's total decay as a column [dk, 1].
-    # Cumulative sums as products with the lower-triangular ones (exact for the sign counts,
-    # f32-accurate for the logs: 3xTF32 on GPU).
     g = g_ref[...]
     C = g.shape[0]
-    r, c = cm.iotas(C)
-    tril = jnp.where(r >= c, 1.0, 0.0).astype(F32)
-    lc = cm.mm(tril, jnp.log(jnp.maximum(jnp.abs(g), tiny)))
-    cnt = cm.mm(tril, jnp.where(g < 0, 1.0, 0.0).astype(F32))
+    lc = _cumsum(jnp.log(jnp.maximum(jnp.abs(g), tiny)), scan)
+    cnt = _cumsum(jnp.where(g < 0, 1.0, 0.0).astype(F32), scan)
     sc = 1.0 - 2.0 * (cnt - 2.0 * jnp.floor(cnt * 0.5 + 0.25))
     lc_ref[...] = lc
     sc_ref[...] = sc.astype(sc_ref.dtype)
@@ -91,15 +98,21 @@ def _prep_kernel(g_ref, lc_ref, sc_ref, gc_ref, *, tiny):
     gc_ref[...] = cm.row_to_col(tot)
 
 
-def _revcum_kernel(gg_ref, fin_ref, out_ref, *, NC, C):
-    # gg, out: [Lp, dk] f32; fin: [1, dk]. out[t] = fin + sum_{u >= t} gg[u], chunks in reverse
+def _revcum_kernel(gg_ref, fin_ref, out_ref, *, NC, C, scan):
+    # gg, out: [Lp, dk] f32; fin: [1, dk]. out[t] = fin + sum_{u >= t} gg[u], chunks in
+    # reverse; within a chunk a reverse scan (GPU, `pallas_kernels._scan`) or a product with
+    # the upper-triangular ones
     r, c = cm.iotas(C)
     triu = jnp.where(r <= c, 1.0, 0.0).astype(F32)
 
     def chunk(i, carry):
         sl = pl.ds((NC - 1 - i) * C, C)
         gg = gg_ref[sl, :]
-        out_ref[sl, :] = cm.mm(triu, gg) + carry
+        if scan:
+            local = linear_scan(jnp.ones_like(gg), gg, reverse=True)[1]
+        else:
+            local = cm.mm(triu, gg)
+        out_ref[sl, :] = local + carry
         return carry + jnp.sum(gg, axis=0, keepdims=True)
 
     lax.fori_loop(0, NC, chunk, fin_ref[...])
@@ -228,6 +241,12 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
 # ------------------------------------------------------------------------------------------
 # pallas_call wrappers. cfg = (C, scale, interpret, platform, bv, num_warps, layout, bvc)
 # ------------------------------------------------------------------------------------------
+def _use_scan(platform):
+    """Cumulative sums by Triton's scan on GPU (`jnp.cumsum` and `pallas_kernels._scan` lower
+    to it); triangular products elsewhere (TPU)."""
+    return platform == "gpu" and SCAN_AVAILABLE
+
+
 def _key_tile(dk, platform, preferred=64):
     """Key-dim tile: `preferred` on GPU (fewer registers per program; None: the full dk), the
     full dk elsewhere (TPU lane rule)."""
@@ -390,7 +409,7 @@ def prep_gates(g, cfg):
     col = cm.block_spec((B, H, NC * dk, 1), (None, None, bk, 1),
                         lambda b, h, c, j: (b, h, c * nk + j, 0))
     return cm.pallas_call(
-        platform, functools.partial(_prep_kernel, tiny=_TINY),
+        platform, functools.partial(_prep_kernel, tiny=_TINY, scan=_use_scan(platform)),
         grid=(B, H, NC, nk),  # all parallel
         in_specs=[ck],
         out_specs=[ck, ck, col],
@@ -411,7 +430,8 @@ def _gate_grad(gg, ht, dht, cfg):
     bk = _key_tile(dk, platform, 32)
     sk = cm.seq_spec(B, H, Lp, dk, Lp, bk, layout, lambda b, h, j: (b, h, 0, j))
     return cm.pallas_call(
-        platform, functools.partial(_revcum_kernel, NC=Lp // C, C=C),
+        platform, functools.partial(_revcum_kernel, NC=Lp // C, C=C,
+                                    scan=_use_scan(platform)),
         grid=(B, H, dk // bk),  # all parallel
         in_specs=[sk, cm.block_spec((B, H, 1, dk), (None, None, 1, bk),
                                     lambda b, h, j: (b, h, 0, j))],

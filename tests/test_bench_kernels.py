@@ -26,3 +26,12 @@ def test_report_is_a_section_of_results(tmp_path):
             "0.67 |") in text
     assert "| deltanet | 8, 2048, 16, 128 | pallas | failed |" in text
     assert "| pallas | 2.000 | 1.50 | 50% |" in text
+
+
+def test_later_raw_rows_replace_earlier_ones():
+    first = dict(meta=dict(date="09:00"), rows=_rows(1.0))
+    again = dict(meta=dict(date="10:00"), rows=_rows(2.0)[:1])  # gla measured again
+    rows = kernels.merge_rows([first, again])
+    assert [(r["op"], r["res"] and r["res"]["fwd"]) for r in rows] == [("gla", 2.0),
+                                                                        ("deltanet", None)]
+    assert rows[0]["remeasured"] == "10:00" and "remeasured" not in rows[1]

@@ -338,7 +338,7 @@ def main():
         meta = dict(raws[-1]["meta"])
         if len(raws) > 1:
             meta["date"] = f"{raws[0]['meta']['date']} to {raws[-1]['meta']['date']}"
-        write_results(a.out, [row for r in raws for row in r["rows"]], fla, diag, meta)
+        write_results(a.out, merge_rows(raws), fla, diag, meta)
         return
     if a.fla:  # fla first, in its own process, before JAX takes the GPU
         cmd = [sys.executable, "-m", "experiments.bench.kernels", "fla-bench"]
@@ -390,6 +390,21 @@ def main():
     write_results(a.out, rows, fla, diag, meta)
 
 
+def merge_rows(raws):
+    """The rows of several raw JSONs in order; a row measured again in a later raw (same op,
+    impl and shape) replaces the earlier one in place and is marked with its raw's date."""
+    rows, where = [], {}
+    for raw in raws:
+        for row in raw["rows"]:
+            key = (row["op"], row["impl"], tuple(row["shape"]))
+            if key in where:
+                rows[where[key]] = dict(row, remeasured=raw["meta"]["date"])
+            else:
+                where[key] = len(rows)
+                rows.append(row)
+    return rows
+
+
 def write_results(path, rows, fla, diag, meta):
     fl = {(r["op"], tuple(r["shape"])): r for r in (fla["rows"] if fla else [])}
     mib = lambda b: "-" if b is None else f"{b / 2**20:.0f}"
@@ -407,7 +422,8 @@ def write_results(path, rows, fla, diag, meta):
         "ours0.json`, the same with `--shapes 1 --raw ours1.json`, `... kernels diag --raw "
         "diag.json` and, in its own process, `... kernels fla-bench --fla-json fla.json`; then "
         "`python3 -m experiments.bench.kernels report --raw ours0.json,ours1.json --diag-json "
-        "diag.json --fla-json fla.json`",
+        "diag.json --fla-json fla.json` (a row measured again in a later raw replaces the "
+        "earlier one and names its time)",
         "- bf16 inputs, f32 accumulation; median ms; ratio = fla time / our time "
         "(> 1: we are faster); peak = arguments + outputs + temporaries of the fwd+bwd "
         "program (XLA memory analysis) / `torch.cuda.max_memory_allocated` for fla",
@@ -428,7 +444,8 @@ def write_results(path, rows, fla, diag, meta):
                       f"{f['fwdbwd'] / res['fwdbwd']:.2f}", mib(res["peak"]), mib(f["peak"])]
         else:
             cells += ["-", "-", "-", "-", mib(res["peak"]), "-"]
-        lines.append(f"| {r['op']} | {shape} | {r['impl']} | " + " | ".join(cells) + " |")
+        impl = r["impl"] + (f" (measured {r['remeasured']})" if r.get("remeasured") else "")
+        lines.append(f"| {r['op']} | {shape} | {impl} | " + " | ".join(cells) + " |")
     lines += ["", f"## Diagonal recurrence, f32, (B, T, D) = {DIAG_SHAPE}", "",
               "effective TB/s = (read a, b + write h) / time; copy = `x + 1` on 1 GiB "
               "(read + write)", "", "| impl | ms | TB/s | % of copy |", "|---|---|---|---|"]
