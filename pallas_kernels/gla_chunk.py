@@ -7,6 +7,9 @@ exponent taken <= 0), organised like fla's chunk_gla: the intra-chunk score matr
 once, in small programs, and everything else is plain products.
 
 Forward
+  0. `_prep_kernel`, grid (B, H, NC, dk / BK), all parallel: from the gates, the within-chunk
+     cumulative log|g| and sign (cumulative sums as Triton scans on GPU, triangular products
+     elsewhere) and each chunk's total decay.
   1. `_sweep_kernel`, grid (B, H, dv / BV), parallel; loop over chunks inside: the state entering
      every chunk, `S_{c+1} = diag(G_C) S_c + (K_c * G_end)^T V_c` (one `[dk, C] x [C, BV]`
      product per chunk), stored in the input dtype (its readers cast to it anyway).
@@ -24,8 +27,9 @@ Backward
   6. `_dqk_kernel`, grid (B, H, T / 16), all parallel: dq, dk of one sub-block from dA (as in 2:
      rescaled products for the other sub-blocks, a column loop for the diagonal block), plus
      the per-token gate-gradient term `q dq - k dk`.
-The gate gradient is its reverse cumulative sum (XLA) plus the final-state term (see
-`pallas_kernels.gla.gate_grad`).
+  7. `_revcum_kernel`, grid (B, H, dk / BK), parallel; chunks in reverse: the gate gradient,
+     the reverse cumulative sum of `q dq - k dk` plus the final-state term (the formula of
+     `pallas_kernels.gla.gate_grad`).
 
 Sequence arrays (q, k, v, o, the gates, the gradients) are `[B, H, Lp, d]` ("bhtd", TPU/CPU) or
 the caller's `[B, Lp, H, d]` ("bthd", GPU: no transposes); A, dA `[B, H, Lp, C]` and the chunk
@@ -103,7 +107,6 @@ def _revcum_kernel(gg_ref, fin_ref, out_ref, *, NC, C, scan):
     # reverse; within a chunk a reverse scan (GPU, `pallas_kernels._scan`) or a product with
     # the upper-triangular ones
     r, c = cm.iotas(C)
-    triu = jnp.where(r <= c, 1.0, 0.0).astype(F32)
 
     def chunk(i, carry):
         sl = pl.ds((NC - 1 - i) * C, C)
@@ -111,7 +114,7 @@ def _revcum_kernel(gg_ref, fin_ref, out_ref, *, NC, C, scan):
         if scan:
             local = linear_scan(jnp.ones_like(gg), gg, reverse=True)[1]
         else:
-            local = cm.mm(triu, gg)
+            local = cm.mm(jnp.where(r <= c, 1.0, 0.0).astype(F32), gg)
         out_ref[sl, :] = local + carry
         return carry + jnp.sum(gg, axis=0, keepdims=True)
 
