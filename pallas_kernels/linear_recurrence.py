@@ -79,29 +79,13 @@ def _fwd_kernel_tiled(a_ref, b_ref, h0_ref, h_ref, *, T, Tt):
 
 
 def _bwd_kernel_tiled(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, dh0_ref, *, T, Tt):
+    # tiles in reverse, each row by row in registers (`_bwd_tile_rows`)
     r = lax.broadcasted_iota(jnp.int32, (Tt, a_ref.shape[-1]), 0)
-    h0 = h0_ref[...].astype(F32)
     nt = T // Tt
-
-    def tile(ii, carry):
-        i = nt - 1 - ii
-        sl = pl.ds(i * Tt, Tt)
-        a, h, dh = (ref[sl, :].astype(F32) for ref in (a_ref, h_ref, dh_ref))
-        before = h_ref[pl.ds(jnp.maximum(i * Tt - 1, 0), 1), :].astype(F32)
-        before = jnp.where(i == 0, h0, before)  # h of the row before the tile
-        da = jnp.zeros(a.shape, F32)
-        db = jnp.zeros(a.shape, F32)
-        for j in range(Tt - 1, -1, -1):
-            g = _row(dh, r, j) + carry
-            prev = _row(h, r, j - 1) if j > 0 else before
-            db = jnp.where(r == j, g, db)
-            da = jnp.where(r == j, g * prev, da)
-            carry = _row(a, r, j) * g
-        da_ref[sl, :] = da.astype(da_ref.dtype)
-        db_ref[sl, :] = db.astype(db_ref.dtype)
-        return carry
-
-    dh0_ref[...] = lax.fori_loop(0, nt, tile, jnp.zeros_like(h0))
+    rows = functools.partial(_bwd_tile_rows, a_ref=a_ref, h_ref=h_ref, h0_ref=h0_ref,
+                             dh_ref=dh_ref, da_ref=da_ref, db_ref=db_ref, r=r, T=T, Tt=Tt)
+    zero = jnp.zeros(h0_ref.shape, F32)
+    dh0_ref[...] = lax.fori_loop(0, nt, lambda ii, c: rows(nt - 1 - ii, c[0]), (zero, zero))[1]
 
 
 def _fwd_kernel_scan(a_ref, b_ref, h0_ref, h_ref, *, T, Tt):
@@ -120,9 +104,10 @@ def _fwd_kernel_scan(a_ref, b_ref, h0_ref, h_ref, *, T, Tt):
 
 
 def _bwd_tile_rows(i, g_next, a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, r, T, Tt):
-    """One tile of the backward row by row (the first and last tiles of `_bwd_kernel_scan`,
-    whose neighbour rows fall outside the sequence). `g_next`: g of the row after the tile (0
-    after the end). Returns `(g, a g)` of the tile's first row."""
+    """One tile of the backward row by row (every tile of `_bwd_kernel_tiled`; the first and
+    last tiles of `_bwd_kernel_scan`, whose neighbour rows fall outside the sequence).
+    `g_next`: g of the row after the tile (0 after the end). Returns `(g, a g)` of the tile's
+    first row."""
     sl = pl.ds(i * Tt, Tt)
     a, h, dh = (ref[sl, :].astype(F32) for ref in (a_ref, h_ref, dh_ref))
     a_after = a_ref[pl.ds(jnp.minimum(i * Tt + Tt, T - 1), 1), :].astype(F32)
