@@ -80,10 +80,7 @@ def _fwd_kernel_tiled(a_ref, b_ref, h0_ref, h_ref, *, T, Tt):
 
 def _bwd_kernel_tiled(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, dh0_ref, *, T, Tt):
     # tiles in reverse, each row by row in registers (`_bwd_tile_rows`)
-    r = lax.broadcasted_iota(jnp.int32, (Tt, a_ref.shape[-1]), 0)
-    nt = T // Tt
-    rows = functools.partial(_bwd_tile_rows, a_ref=a_ref, h_ref=h_ref, h0_ref=h0_ref,
-                             dh_ref=dh_ref, da_ref=da_ref, db_ref=db_ref, r=r, T=T, Tt=Tt)
+    nt, rows = _bound_rows(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, T, Tt)
     zero = jnp.zeros(h0_ref.shape, F32)
     dh0_ref[...] = lax.fori_loop(0, nt, lambda ii, c: rows(nt - 1 - ii, c[0]), (zero, zero))[1]
 
@@ -128,14 +125,21 @@ def _bwd_tile_rows(i, g_next, a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, r, T
     return g, carry
 
 
+def _bound_rows(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, T, Tt):
+    """`(number of tiles, rows)` for a backward kernel's refs: `rows(i, g_next)` runs tile i
+    row by row (`_bwd_tile_rows`)."""
+    r = lax.broadcasted_iota(jnp.int32, (Tt, a_ref.shape[-1]), 0)
+    return T // Tt, functools.partial(_bwd_tile_rows, a_ref=a_ref, h_ref=h_ref, h0_ref=h0_ref,
+                                      dh_ref=dh_ref, da_ref=da_ref, db_ref=db_ref, r=r, T=T,
+                                      Tt=Tt)
+
+
 def _bwd_kernel_scan(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, dh0_ref, *, T, Tt):
     # g_t = dh_t + a_{t+1} g_{t+1}: inside a tile, the reverse scan of the maps (a_{t+1}, dh_t)
     # (a loaded one row ahead) gives g_t = C_t g_next + D_t; da_t = g_t h_{t-1} (h loaded one
     # row behind). The last and first tiles, whose shifted rows fall outside, go row by row.
     r = lax.broadcasted_iota(jnp.int32, (Tt, a_ref.shape[-1]), 0)
-    nt = T // Tt
-    rows = functools.partial(_bwd_tile_rows, a_ref=a_ref, h_ref=h_ref, h0_ref=h0_ref,
-                             dh_ref=dh_ref, da_ref=da_ref, db_ref=db_ref, r=r, T=T, Tt=Tt)
+    nt, rows = _bound_rows(a_ref, h_ref, h0_ref, dh_ref, da_ref, db_ref, T, Tt)
     g_next = jnp.zeros(h0_ref.shape, F32)
     if nt == 1:
         dh0_ref[...] = rows(0, g_next)[1]
