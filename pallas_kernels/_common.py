@@ -16,6 +16,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 F32 = jnp.float32
+# |gate| is clamped here before the log (a gate of exactly 0 becomes 1e-30), by every kernel
+# that keeps gates as log|g| plus a sign
+GATE_FLOOR = 1e-30
 
 # --------------------------------------------------------------------------------------------
 # Backend selection

@@ -38,7 +38,6 @@ from jax.experimental import pallas as pl
 from pallas_kernels import _common as cm
 
 F32 = jnp.float32
-_TINY = 1e-30  # |gate| is clamped here before the log (a gate of exactly 0 becomes 1e-30)
 
 
 def _chunk_common(c, C, q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, scale, gated, dt,
@@ -450,7 +449,7 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
     bi = interleave(beta[..., None])
     if gated:
         g = gate.astype(F32)
-        la_t = jnp.log(jnp.maximum(jnp.abs(g), _TINY))
+        la_t = jnp.log(jnp.maximum(jnp.abs(g), cm.GATE_FLOOR))
         sa_t = jnp.where(g < 0, -1.0, 1.0)
         pad_h = lambda x, fill: jnp.concatenate(
             [x[..., None], jnp.full((B, T, H, n_h - 1), fill, F32)], -1)

@@ -38,7 +38,6 @@ from pallas_kernels import _common as cm
 
 F32 = jnp.float32
 SUB = 16  # tokens per sub-block
-_TINY = 1e-30
 
 
 def _sub_common(j, q_ref, k_ref, v_ref, lg_ref, sg_ref, scale, intra=True):
@@ -398,7 +397,7 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
         cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps), layout, int(bvc))
         o, ht = gla_chunk.core(*qkv, to_seq(g, 1.0), h0, cfg)
     else:
-        la = to_seq(jnp.log(jnp.maximum(jnp.abs(g), _TINY)))
+        la = to_seq(jnp.log(jnp.maximum(jnp.abs(g), cm.GATE_FLOOR)))
         sa = to_seq(jnp.where(g < 0, -1.0, 1.0), 1.0)
         args = (*qkv, la, sa, h0)
         cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps),

@@ -60,12 +60,9 @@ def _row(ref, t):
     return ref[pl.ds(t, 1), :].astype(F32)
 
 
-def _before(t0, lg_all, sg_all, lg_b, sg_b, C, after=False):
-    """`G_b / G_s` for the chunk's tokens s < t0 (or `G_s / G_b` for s > t0 with `after`),
-    0 elsewhere: `[C, dk]`, magnitude <= 1."""
+def _before(t0, lg_all, sg_all, lg_b, sg_b, C):
+    """`G_b / G_s` for the chunk's tokens s < t0, 0 elsewhere: `[C, dk]`, magnitude <= 1."""
     s_col, _ = cm.iotas(C, 1)
-    if after:
-        return jnp.where(s_col > t0, sg_all * sg_b * jnp.exp(jnp.minimum(lg_all - lg_b, 0.0)), 0.0)
     return jnp.where(s_col < t0, sg_all * sg_b * jnp.exp(jnp.minimum(lg_b - lg_all, 0.0)), 0.0)
 
 
@@ -396,9 +393,6 @@ def _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg):
     )(qi, ki, lgc, sgc, da, dqi, dki)
 
 
-_TINY = 1e-30  # |gate| floor before the log (as in pallas_kernels.gla)
-
-
 def prep_gates(g, cfg):
     """Per-key gates `g` (a sequence array, f32) -> within-chunk cumulative log|g| (f32) and
     sign (bf16: +-1 is exact, half the traffic) in the same layout, and each chunk's total
@@ -412,7 +406,7 @@ def prep_gates(g, cfg):
     col = cm.block_spec((B, H, NC * dk, 1), (None, None, bk, 1),
                         lambda b, h, c, j: (b, h, c * nk + j, 0))
     return cm.pallas_call(
-        platform, functools.partial(_prep_kernel, tiny=_TINY, scan=_use_scan(platform)),
+        platform, functools.partial(_prep_kernel, tiny=cm.GATE_FLOOR, scan=_use_scan(platform)),
         grid=(B, H, NC, nk),  # all parallel
         in_specs=[ck],
         out_specs=[ck, ck, col],
@@ -470,7 +464,7 @@ def _core_bwd(cfg, res, cts):
     dq, dk, gg = _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg)
     dla = _gate_grad(gg, ht, dht, cfg)
     # log|g| -> g: d/dg = 1 / g where |g| > the floor, else 0 (as jnp.maximum's gradient)
-    dg = jnp.where(jnp.abs(g) > _TINY, dla / jnp.where(g == 0, 1.0, g), 0.0)
+    dg = jnp.where(jnp.abs(g) > cm.GATE_FLOOR, dla / jnp.where(g == 0, 1.0, g), 0.0)
     return dq, dk, dv, dg, dh0
 
 

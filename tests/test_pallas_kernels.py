@@ -362,10 +362,15 @@ def test_delta_chunk_parallel_bf16_grads():
         assert new < 2e-2 and new < 1.5 * old + 1e-3, (n, errs)
 
 
-def test_gla_chunk_gpu_tiling_interpret():
+@pytest.mark.parametrize("dqk_tile", [None, 64])
+def test_gla_chunk_gpu_tiling_interpret(dqk_tile, monkeypatch):
     """The GPU organisation of the chunk-parallel GLA kernels (token-major layout, key tiles of
-    64 with partial score sums, 32-wide gate-gradient tiles) run in interpret mode: forward
-    and every gradient against the float64 reference, T not a multiple of the chunk."""
+    64 with partial score sums, 32-wide gate-gradient tiles, scanned cumulative sums, and the
+    dq/dk key tile of the `stages --key-tile` sweep) run in interpret mode: forward and every
+    gradient against the float64 reference, T not a multiple of the chunk."""
+    from pallas_kernels import gla_chunk
+
+    monkeypatch.setitem(gla_chunk.KEY_TILE, "dqk", dqk_tile)
     rng = np.random.default_rng(31)
     B, T, H, dk, dv, scale, C = 1, 40, 1, 128, 64, 0.3, 32
     names = ["q", "k", "v", "gate", "h0"]

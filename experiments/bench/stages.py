@@ -210,7 +210,7 @@ PATHS = {"delta-chunk": delta_chunk_stages, "delta": delta_default_stages,
          "gla-chunk": gla_chunk_stages, "gla": gla_default_stages}
 
 
-def ints_(s):
+def _ints(s):
     return [int(x) for x in s.split(",")]
 
 
@@ -238,15 +238,14 @@ def main():
     if a.key_tile:
         from pallas_kernels import gla_chunk
 
-        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), ints_(a.key_tile)))
+        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), _ints(a.key_tile)))
     if a.interpret:
         _MODE[:] = [True, "cpu"]
     shape = tuple(int(s) for s in a.shape.split(","))
-    ints = lambda s: [int(x) for x in s.split(",")]
     results = []
     for op in a.op.split(","):
-        for C, bv, nw, ns in itertools.product(ints(a.chunks), ints(a.block_v), ints(a.warps),
-                                               ints(a.stages)):
+        for C, bv, nw, ns in itertools.product(_ints(a.chunks), _ints(a.block_v),
+                                               _ints(a.warps), _ints(a.stages)):
             try:
                 with cm.tuning(**({"num_stages": ns} if ns else {})):
                     res = PATHS[op](shape, C, bv, nw, a.gated, a.reps)
