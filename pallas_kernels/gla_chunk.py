@@ -53,17 +53,15 @@ from pallas_kernels._scan import linear_scan
 
 F32 = jnp.float32
 SUB = 16  # queries per sub-block inside a chunk
+# A diagonal 16 x 16 block whose within-block decay stays below e^-SPAN_LIMIT on every key uses
+# rescaled products (factors up to e^SPAN_LIMIT, far from f32 overflow); steeper blocks go one
+# key column at a time.
+SPAN_LIMIT = 40.0
 
 
 def _row(ref, t):
     """Row t of a `[rows, d]` ref as `[1, d]` f32."""
     return ref[pl.ds(t, 1), :].astype(F32)
-
-
-def _before(t0, lg_all, sg_all, lg_b, sg_b, C):
-    """`G_b / G_s` for the chunk's tokens s < t0, 0 elsewhere: `[C, dk]`, magnitude <= 1."""
-    s_col, _ = cm.iotas(C, 1)
-    return jnp.where(s_col < t0, sg_all * sg_b * jnp.exp(jnp.minimum(lg_b - lg_all, 0.0)), 0.0)
 
 
 def _diag_decay(j, lg, sg, lgj, sgj):
@@ -143,6 +141,13 @@ def _sweep_kernel(x_ref, y_ref, lg_ref, sg_ref, gc_ref, s0_ref, ss_ref, sT_ref, 
     sT_ref[...] = lax.fori_loop(0, NC, chunk, s0_ref[...].astype(F32))
 
 
+def _fast(lg_first, lg_last):
+    """Whether a sub-block's diagonal 16 x 16 block may use rescaled products: its largest
+    within-block decay `log(G_t0 / G_e)` (over this key tile) below `SPAN_LIMIT`, so every factor
+    `G_t0 / G_s` of the block is at most e^SPAN_LIMIT (no overflow, f32 relative precision)."""
+    return jnp.max(lg_first - lg_last) < SPAN_LIMIT
+
+
 def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
     # q/k/lg/sg: the chunk [C, dk]; a: this sub-block's rows of A [16, C] (input dtype)
     dt = q_ref.dtype
@@ -151,10 +156,16 @@ def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
     q = q_ref[sl, :].astype(F32) * scale
     lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
     lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
-    fq = sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0))
-    fk = _before(t0, lg_ref[...], sg_ref[...].astype(F32), lg0, sg0, C)
-    acc = cm.mm_nt(q * fq, k_ref[...].astype(F32) * fk, dt)  # [16, C]; 0 from column t0 on
-    _, cidx = cm.iotas(SUB, C)
+    fast = _fast(lg0, _row(lg_ref, t0 + SUB - 1))
+    fq = sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0))  # G_t / G_t0 <= 1
+    # keys s < t0 (and, on the fast path, the diagonal block): G_t0 / G_s, <= 1 before t0
+    s_col, _ = cm.iotas(C, 1)
+    fk = jnp.where(s_col < t0 + fast.astype(jnp.int32) * SUB,
+                   sg_ref[...].astype(F32) * sg0
+                   * jnp.exp(jnp.minimum(lg0 - lg_ref[...], SPAN_LIMIT)), 0.0)
+    acc = cm.mm_nt(q * fq, k_ref[...].astype(F32) * fk, dt)  # [16, C]
+    r, cidx = cm.iotas(SUB, C)
+    acc = jnp.where(cidx <= t0 + r, acc, 0.0)  # causal within the diagonal block
 
     def column(j, acc):  # key t0 + j of the diagonal block
         s = t0 + j
@@ -162,7 +173,9 @@ def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
         col = jnp.sum(q * _row(k_ref, s) * dec, axis=1, keepdims=True)  # [16, 1]
         return jnp.where(cidx == s, col, acc)
 
-    a_ref[...] = lax.fori_loop(0, SUB, column, acc).astype(a_ref.dtype)
+    # steep gates: the diagonal block one key column at a time (exact for any gate)
+    acc = lax.cond(fast, lambda a: a, lambda a: lax.fori_loop(0, SUB, column, a), acc)
+    a_ref[...] = acc.astype(a_ref.dtype)
 
 
 def _o_kernel(q_ref, lg_ref, sg_ref, h_ref, a_ref, v_ref, o_ref, *, scale):
@@ -206,19 +219,20 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
     lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
     lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
     lge, sge = _row(lg_ref, e), _row(sg_ref, e)
+    fast = _fast(lg0, lge)
     dq = jnp.zeros((SUB, q.shape[1]), F32)
     dk = jnp.zeros_like(dq)
-    for j in range(C // SUB):  # static: the chunk's other sub-blocks
+    for j in range(C // SUB):  # static: the chunk's sub-blocks
         bl = pl.ds(j * SUB, SUB)
         lgj, sgj = lg_ref[bl, :], sg_ref[bl, :].astype(F32)
-        # earlier (j < i), rescaled at t0: dq_t += sum_s dA[t, s] k_s (G_t0 / G_s)
-        fk = sgj * sg0 * jnp.exp(jnp.minimum(lg0 - lgj, 0.0))
+        # earlier (j < i; fast: j <= i), rescaled at t0: dq_t += sum_s dA[t, s] k_s G_t0 / G_s
+        fk = sgj * sg0 * jnp.exp(jnp.minimum(lg0 - lgj, SPAN_LIMIT))
         dq_j = cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
-        dq = dq + jnp.where(j < i, dq_j, 0.0)
-        # later (j > i), rescaled at e: dk_s += sum_t dA[t, s] (scale q_t) (G_t / G_e)
-        fq = sgj * sge * jnp.exp(jnp.minimum(lgj - lge, 0.0))
+        dq = dq + jnp.where((j < i) | (fast & (j == i)), dq_j, 0.0)
+        # later (j > i; fast: j >= i), rescaled at e: dk_s += sum_t dA[t, s] (scale q_t) G_t / G_e
+        fq = sgj * sge * jnp.exp(jnp.minimum(lgj - lge, SPAN_LIMIT))
         dk_j = cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
-        dk = dk + jnp.where(j > i, dk_j, 0.0)
+        dk = dk + jnp.where((j > i) | (fast & (j == i)), dk_j, 0.0)
     dq = dq * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # (G_t / G_t0)
     dk = dk * (sg * sge * jnp.exp(jnp.minimum(lge - lg, 0.0)))  # (G_e / G_s)
     r, _ = cm.iotas(SUB, 1)
@@ -230,7 +244,8 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
         dk_row = jnp.sum(w * q, axis=0, keepdims=True)  # [1, dk]
         return dq + w * _row(k_ref, s), dk + jnp.where(r == j, dk_row, 0.0)
 
-    dq, dk = lax.fori_loop(0, SUB, column, (dq, dk))
+    # steep gates: the diagonal block one key column at a time (exact for any gate)
+    dq, dk = lax.cond(fast, lambda c: c, lambda c: lax.fori_loop(0, SUB, column, c), (dq, dk))
     dq = dq * scale + dqi_ref[...]
     dk = dk + dki_ref[...]
     dq_ref[...] = dq.astype(dq_ref.dtype)

@@ -362,6 +362,37 @@ def test_delta_chunk_parallel_bf16_grads():
         assert new < 2e-2 and new < 1.5 * old + 1e-3, (n, errs)
 
 
+@pytest.mark.parametrize("target", [None, "gpu"])
+def test_gla_chunk_steep_sub_block(target):
+    """The chunk-parallel GLA kernels take rescaled products for a diagonal 16 x 16 block whose
+    within-block decay stays above e^-SPAN_LIMIT and the exact column loop otherwise: one
+    sub-block here has gates of 0.02 on some keys (decay e^-59 over the block: the loop), the
+    others gates in +-[0.3, 1] (products). Forward and every gradient against float64, in the
+    CPU and in the GPU organisation, T not a multiple of the chunk, h0."""
+    from pallas_kernels import gla_chunk
+
+    rng = np.random.default_rng(37)
+    B, T, H, dk, dv, scale, C = 1, 56, 1, 64, 32, 0.3, 32
+    gate = signed_gates(rng, (B, T, H, dk))
+    gate[:, 16:32, :, :8] = 0.02 * np.sign(gate[:, 16:32, :, :8])  # the chunk's second block
+    span = -np.log(0.02) * (gla_chunk.SUB - 1)
+    assert span > gla_chunk.SPAN_LIMIT > -np.log(0.3) * (gla_chunk.SUB - 1)
+    names = ["q", "k", "v", "gate", "h0"]
+    args = [rng.normal(size=(B, T, H, dk)), rng.normal(size=(B, T, H, dk)),
+            rng.normal(size=(B, T, H, dv)), gate, rng.normal(size=(B, H, dk, dv))]
+    np_out = np_gla(*args[:4], args[4], scale)
+
+    def f_pallas(q, k, v, g, h0):
+        return pk.gated_linear_attention(q, k, v, g, initial_state=h0, scale=scale,
+                                         chunk_size=C, chunk_parallel=True, interpret=True,
+                                         _target=target)
+
+    def f_ref(q, k, v, g, h0):
+        return jax_gla(q, k, v, g, h0, scale)
+
+    check_fwd_grads(f_pallas, f_ref, np_out, args, names, 1e-5, {"default": 1e-5, "gate": 1e-4})
+
+
 @pytest.mark.parametrize("dqk_tile", [None, 64])
 def test_gla_chunk_gpu_tiling_interpret(dqk_tile, monkeypatch):
     """The GPU organisation of the chunk-parallel GLA kernels (token-major layout, key tiles of

@@ -225,7 +225,7 @@ def main():
                     help="delta-chunk: value tile of the chunk-parallel kernels (default bv)")
     ap.add_argument("--layout", default="bthd", choices=["bthd", "bhtd"])
     ap.add_argument("--key-tile", default=None,
-                    help="gla-chunk: key tiles of the score and dq/dk kernels, e.g. 64,32")
+                    help="gla-chunk: key tiles of the score and dq/dk kernels, e.g. 64,32 (0: all)")
     ap.add_argument("--stages", default="0",
                     help="Triton num_stages overrides to sweep (0: each kernel's own)")
     ap.add_argument("--gated", action="store_true", help="delta paths: Gated DeltaNet")
@@ -238,7 +238,7 @@ def main():
     if a.key_tile:
         from pallas_kernels import gla_chunk
 
-        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), _ints(a.key_tile)))
+        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), (t or None for t in _ints(a.key_tile))))
     if a.interpret:
         _MODE[:] = [True, "cpu"]
     shape = tuple(int(s) for s in a.shape.split(","))
