@@ -315,7 +315,7 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 
 def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chunk_size=64,
-                           interpret=None, block_v=None, num_warps=4, split_intra=None,
+                           interpret=None, block_v=None, num_warps=None, split_intra=None,
                            chunk_parallel=None, block_v_chunk=None, _target=None, _layout=None):
     """Gated linear attention, chunkwise Pallas kernels (forward and backward).
 
@@ -329,7 +329,8 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
       chunk_size: tokens between stored states (rounded up to a multiple of 16).
       interpret: interpret mode; None means "on CPU".
       block_v: value-dim tile per program (GPU default 64 when it divides dv).
-      num_warps: Triton warps per program (GPU only).
+      num_warps: Triton warps per program (GPU only); None: 4, or with `chunk_parallel` each
+        kernel's own (`gla_chunk.WARPS`).
       split_intra: compute the state-free parts (`P V` forward; `P^T dO` and the intra-block
         parts of dq, dk backward) in sub-block-parallel kernels (grid (B, H, T / 16)) so that
         the sequential kernels only do the state matmuls. Same results; on an H100, GLA bf16
@@ -394,13 +395,14 @@ def gated_linear_attention(q, k, v, gate, *, initial_state=None, scale=1.0, chun
         bvc = block_v_chunk if block_v_chunk is not None else (dv if dv <= 128 else bv)
         if dv % bvc:
             raise ValueError(f"block_v_chunk={bvc} must divide dv={dv}")
-        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps), layout, int(bvc))
+        nw = None if num_warps is None else int(num_warps)
+        cfg = (C, float(scale), interpret, platform, int(bv), nw, layout, int(bvc))
         o, ht = gla_chunk.core(*qkv, to_seq(g, 1.0), h0, cfg)
     else:
         la = to_seq(jnp.log(jnp.maximum(jnp.abs(g), cm.GATE_FLOOR)))
         sa = to_seq(jnp.where(g < 0, -1.0, 1.0), 1.0)
         args = (*qkv, la, sa, h0)
-        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps),
+        cfg = (C, float(scale), interpret, platform, int(bv), int(num_warps or 4),
                bool(split_intra))
         o, ht = _core(*args, cfg)
     if layout == "bthd":

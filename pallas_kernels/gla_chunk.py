@@ -220,19 +220,23 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
     lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
     lge, sge = _row(lg_ref, e), _row(sg_ref, e)
     fast = _fast(lg0, lge)
-    dq = jnp.zeros((SUB, q.shape[1]), F32)
-    dk = jnp.zeros_like(dq)
-    for j in range(C // SUB):  # static: the chunk's sub-blocks
+    nf = fast.astype(jnp.int32)  # the diagonal block joins the products on the fast path
+
+    def earlier(j, dq):  # j < i (fast: j <= i), rescaled at t0: dq_t += sum_s dA k_s G_t0/G_s
         bl = pl.ds(j * SUB, SUB)
-        lgj, sgj = lg_ref[bl, :], sg_ref[bl, :].astype(F32)
-        # earlier (j < i; fast: j <= i), rescaled at t0: dq_t += sum_s dA[t, s] k_s G_t0 / G_s
-        fk = sgj * sg0 * jnp.exp(jnp.minimum(lg0 - lgj, SPAN_LIMIT))
-        dq_j = cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
-        dq = dq + jnp.where((j < i) | (fast & (j == i)), dq_j, 0.0)
-        # later (j > i; fast: j >= i), rescaled at e: dk_s += sum_t dA[t, s] (scale q_t) G_t / G_e
-        fq = sgj * sge * jnp.exp(jnp.minimum(lgj - lge, SPAN_LIMIT))
-        dk_j = cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
-        dk = dk + jnp.where((j > i) | (fast & (j == i)), dk_j, 0.0)
+        fk = sg_ref[bl, :].astype(F32) * sg0 * jnp.exp(
+            jnp.minimum(lg0 - lg_ref[bl, :], SPAN_LIMIT))
+        return dq + cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
+
+    def later(j, dk):  # j > i (fast: j >= i), rescaled at e: dk_s += sum_t dA q_t G_t / G_e
+        bl = pl.ds(j * SUB, SUB)
+        fq = sg_ref[bl, :].astype(F32) * sge * jnp.exp(
+            jnp.minimum(lg_ref[bl, :] - lge, SPAN_LIMIT))
+        return dk + cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
+
+    zeros = jnp.zeros((SUB, q.shape[1]), F32)
+    dq = lax.fori_loop(0, i + nf, earlier, zeros)
+    dk = lax.fori_loop(i + 1 - nf, C // SUB, later, zeros)
     dq = dq * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # (G_t / G_t0)
     dk = dk * (sg * sge * jnp.exp(jnp.minimum(lge - lg, 0.0)))  # (G_e / G_s)
     r, _ = cm.iotas(SUB, 1)
@@ -268,8 +272,16 @@ def _key_tile(dk, platform, preferred=64):
     return dk if preferred is None else cm.value_tile(dk, platform, preferred)
 
 
-def _params(platform, n, num_warps, num_stages=1):
-    return cm.compiler_params(platform, n, num_warps=num_warps, num_stages=num_stages)
+# Warps per program when the caller leaves `num_warps` None (per-kernel profile, H200,
+# `python3 -m experiments.bench.stages --op gla-chunk --warps 2,4,8`, ms at (8, 2048, 16, 128)):
+# the state sweeps 0.43 / 0.50 at 4 warps -> 0.40 / 0.44 at 8; dV/dA 1.02 -> 0.84 at 8; the
+# gate-gradient scan 0.27 -> 0.22 at 2; the rest fastest at 4 (scores 0.70 vs 1.22 at 8).
+WARPS = {"sweep": 8, "dv": 8, "dgate": 2}
+
+
+def _params(platform, n, num_warps, num_stages=1, kernel=None):
+    nw = WARPS.get(kernel, 4) if num_warps is None else num_warps
+    return cm.compiler_params(platform, n, num_warps=nw, num_stages=num_stages)
 
 
 def _sweep(x, y, lgc, sgc, gc, s0, cfg, reverse):
@@ -296,7 +308,7 @@ def _sweep(x, y, lgc, sgc, gc, s0, cfg, reverse):
         # 3 pipeline stages of the chunk loads for 16-bit inputs; f32 tiles would not fit the
         # shared memory three times over
         interpret=interpret,
-        compiler_params=_params(platform, 3, num_warps, 1 if x.dtype == F32 else 3),
+        compiler_params=_params(platform, 3, num_warps, 1 if x.dtype == F32 else 3, "sweep"),
         name="lrnn_gla_chunk_dh" if reverse else "lrnn_gla_chunk_h",
     )(x, y, lgc, sgc, gc, s0)
 
@@ -332,7 +344,7 @@ def _scores(qi, ki, lgc, sgc, cfg):
         in_specs=[ck, ck, ck, ck],
         out_specs=part,
         out_shape=jax.ShapeDtypeStruct((nk, B, H, Lp, C), qi.dtype if nk == 1 else F32),
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps, kernel="scores"),
         name="lrnn_gla_chunk_a",
     )(qi, ki, lgc, sgc)
     return a[0] if nk == 1 else a.sum(0).astype(qi.dtype)
@@ -353,7 +365,7 @@ def _outputs(qi, lgc, sgc, hs, a, vi, cfg):
         in_specs=[ck, ck, ck, st, cc, cv],
         out_specs=cv,
         out_shape=jax.ShapeDtypeStruct(cm.seq_shape(B, H, Lp, dv, layout), qi.dtype),
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps, kernel="o"),
         name="lrnn_gla_chunk_o",
     )(qi, lgc, sgc, hs, a, vi)
 
@@ -384,7 +396,7 @@ def _dv(ki, vi, do, lgc, sgc, a, hs, dhs, cfg):
         out_shape=[jax.ShapeDtypeStruct((nv, B, H, Lp, C), F32),
                    jax.ShapeDtypeStruct(cm.seq_shape(B, H, Lp, dv, layout), vi.dtype),
                    jax.ShapeDtypeStruct(pshape, F32), jax.ShapeDtypeStruct(pshape, F32)],
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps, kernel="dv"),
         name="lrnn_gla_chunk_dv",
     )(ki, vi, do, lgc, sgc, a, hs, dhs)
     return da.sum(0), dv_, dqi.sum(0), dki.sum(0)
@@ -403,7 +415,7 @@ def _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg):
         out_specs=[sk, sk, sk],
         out_shape=[jax.ShapeDtypeStruct(shape, qi.dtype), jax.ShapeDtypeStruct(shape, ki.dtype),
                    jax.ShapeDtypeStruct(shape, F32)],
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps, kernel="dqk"),
         name="lrnn_gla_chunk_dqk",
     )(qi, ki, lgc, sgc, da, dqi, dki)
 
@@ -428,7 +440,7 @@ def prep_gates(g, cfg):
         out_shape=[jax.ShapeDtypeStruct(g.shape, F32),
                    jax.ShapeDtypeStruct(g.shape, jnp.bfloat16),
                    jax.ShapeDtypeStruct((B, H, NC * dk, 1), F32)],
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 4, num_warps, kernel="gates"),
         name="lrnn_gla_chunk_gates",
     )(g)
 
@@ -449,7 +461,7 @@ def _gate_grad(gg, ht, dht, cfg):
                                     lambda b, h, j: (b, h, 0, j))],
         out_specs=sk,
         out_shape=jax.ShapeDtypeStruct(gg.shape, F32),
-        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 3, num_warps, kernel="dgate"),
         name="lrnn_gla_chunk_dgate",
     )(gg, fin)
 

@@ -149,6 +149,7 @@ def gla_chunk_stages(shape, C, bv, nw, gated, reps):
     qi, ki, vi, doi = lay(q), lay(k), lay(v), lay(do)
     gi = lay(g).astype(F32)
     h0 = jnp.zeros((B, H, D, D), F32)
+    nw = nw or None  # 0: each kernel's own warps (gla_chunk.WARPS)
     cfg = (C, scale, *_MODE, bv, nw, layout, _BVC[0] or D)
     lgc, sgc, gcol = gc_.prep_gates(gi, cfg)
     hs, ht = gc_._sweep(ki, vi, lgc, sgc, gcol, h0, cfg, reverse=False)
@@ -166,7 +167,7 @@ def gla_chunk_stages(shape, C, bv, nw, gated, reps):
         ("dqk", lambda *a: gc_._dqk(*a, cfg), (qi, ki, lgc, sgc, da, dqi, dki)),
         ("gate_grad", lambda *a: gc_._gate_grad(*a, cfg), (dqi, h0, h0)),
     ]
-    with cm.tuning(num_warps=nw):  # every kernel of the path, not only the sweeps
+    with cm.tuning(**({} if nw is None else {"num_warps": nw})):  # every kernel of the path
         res = _run_stages(st, reps)
         res["sum"] = sum(res.values())
         res["total"] = _total(lambda q, k, v, g: pk.gated_linear_attention(
