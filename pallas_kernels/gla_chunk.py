@@ -151,31 +151,37 @@ def _fast(lg_first, lg_last):
 def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
     # q/k/lg/sg: the chunk [C, dk]; a: this sub-block's rows of A [16, C] (input dtype)
     dt = q_ref.dtype
-    t0 = (pl.program_id(2) % (C // SUB)) * SUB
+    i = pl.program_id(2) % (C // SUB)
+    t0 = i * SUB
     sl = pl.ds(t0, SUB)
     q = q_ref[sl, :].astype(F32) * scale
     lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
     lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
     fast = _fast(lg0, _row(lg_ref, t0 + SUB - 1))
-    fq = sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0))  # G_t / G_t0 <= 1
-    # keys s < t0 (and, on the fast path, the diagonal block): G_t0 / G_s, <= 1 before t0
-    s_col, _ = cm.iotas(C, 1)
-    fk = jnp.where(s_col < t0 + fast.astype(jnp.int32) * SUB,
-                   sg_ref[...].astype(F32) * sg0
-                   * jnp.exp(jnp.minimum(lg0 - lg_ref[...], SPAN_LIMIT)), 0.0)
-    acc = cm.mm_nt(q * fq, k_ref[...].astype(F32) * fk, dt)  # [16, C]
-    r, cidx = cm.iotas(SUB, C)
-    acc = jnp.where(cidx <= t0 + r, acc, 0.0)  # causal within the diagonal block
+    qf = q * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # scale q_t G_t / G_t0
+    r, c = cm.iotas(SUB)
+    a_ref[...] = jnp.zeros(a_ref.shape, a_ref.dtype)  # blocks after the diagonal stay 0
+
+    def block(j, carry):  # keys of block j < i (fast: j <= i): G_t0 / G_s, <= 1 before t0
+        bl = pl.ds(j * SUB, SUB)
+        fk = sg_ref[bl, :].astype(F32) * sg0 * jnp.exp(
+            jnp.minimum(lg0 - lg_ref[bl, :], SPAN_LIMIT))
+        a = cm.mm_nt(qf, k_ref[bl, :].astype(F32) * fk, dt)  # [16, 16]
+        a_ref[:, bl] = jnp.where(j * SUB + c <= t0 + r, a, 0.0).astype(a_ref.dtype)
+        return carry
+
+    lax.fori_loop(0, i + fast.astype(jnp.int32), block, 0)
 
     def column(j, acc):  # key t0 + j of the diagonal block
         s = t0 + j
         dec = _diag_decay(j, lg, sg, _row(lg_ref, s), _row(sg_ref, s))
         col = jnp.sum(q * _row(k_ref, s) * dec, axis=1, keepdims=True)  # [16, 1]
-        return jnp.where(cidx == s, col, acc)
+        return jnp.where(c == j, col, acc)
 
-    # steep gates: the diagonal block one key column at a time (exact for any gate)
-    acc = lax.cond(fast, lambda a: a, lambda a: lax.fori_loop(0, SUB, column, a), acc)
-    a_ref[...] = acc.astype(a_ref.dtype)
+    @pl.when(jnp.logical_not(fast))
+    def _():  # steep gates: the diagonal block one key column at a time (exact for any gate)
+        acc = lax.fori_loop(0, SUB, column, jnp.zeros((SUB, SUB), F32))
+        a_ref[:, sl] = acc.astype(a_ref.dtype)
 
 
 def _o_kernel(q_ref, lg_ref, sg_ref, h_ref, a_ref, v_ref, o_ref, *, scale):
