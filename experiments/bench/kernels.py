@@ -336,6 +336,10 @@ def main():
             with open(a.diag_json) as fh:
                 diag = json.load(fh)
         meta = dict(raws[-1]["meta"])
+        base = os.path.basename
+        meta["sources"] = dict(raw=[base(p) for p in a.raw.split(",")],
+                               **({"diag": base(a.diag_json)} if a.diag_json else {}),
+                               **({"fla": base(a.fla_json)} if a.fla_json else {}))
         if len(raws) > 1:
             meta["date"] = f"{raws[0]['meta']['date']} to {raws[-1]['meta']['date']}"
         write_results(a.out, merge_rows(raws), fla, diag, meta)
@@ -408,6 +412,8 @@ def merge_rows(raws):
 def write_results(path, rows, fla, diag, meta):
     fl = {(r["op"], tuple(r["shape"])): r for r in (fla["rows"] if fla else [])}
     mib = lambda b: "-" if b is None else f"{b / 2**20:.0f}"
+    src = meta.get("sources", {})
+    raws = src.get("raw", ["ours0.json", "ours1.json"])
     versions = f"jax {meta['jax']}"
     versions += (f", torch {fla['torch']}, triton {fla['triton']}, fla 0.6.0" if fla
                  else ", fla: not run")
@@ -417,13 +423,14 @@ def write_results(path, rows, fla, diag, meta):
         f"- date: {meta['date']}",
         f"- device: {meta['device']}",
         f"- versions: {versions}",
-        "- commands (device tool, one call each for the 10-minute limit): `PYTHONPATH=$PWD "
-        "python3 -m experiments.bench.kernels --no-chunked --no-diag --shapes 0 --raw "
-        "ours0.json`, the same with `--shapes 1 --raw ours1.json`, `... kernels diag --raw "
-        "diag.json` and, in its own process, `... kernels fla-bench --fla-json fla.json`; then "
-        "`python3 -m experiments.bench.kernels report --raw ours0.json,ours1.json --diag-json "
-        "diag.json --fla-json fla.json` (a row measured again in a later raw replaces the "
-        "earlier one and names its time)",
+        "- commands (device tool, one call each for the 10-minute limit; raw JSONs in "
+        "benchmarks/kernels/): `PYTHONPATH=$PWD python3 -m experiments.bench.kernels "
+        f"--no-chunked --no-diag --shapes 0 --raw {raws[0]}`, the same with `--shapes 1 --raw "
+        f"{raws[-1]}`, `... kernels diag --raw {src.get('diag', 'diag.json')}` and, in its own "
+        f"process, `... kernels fla-bench --fla-json {src.get('fla', 'fla.json')}`; then "
+        f"`python3 -m experiments.bench.kernels report --raw {','.join(raws)} --diag-json "
+        f"{src.get('diag', 'diag.json')} --fla-json {src.get('fla', 'fla.json')}` (a row "
+        "measured again in a later raw replaces the earlier one and names its time)",
         "- bf16 inputs, f32 accumulation; median ms; ratio = fla time / our time "
         "(> 1: we are faster); peak = arguments + outputs + temporaries of the fwd+bwd "
         "program (XLA memory analysis) / `torch.cuda.max_memory_allocated` for fla",
