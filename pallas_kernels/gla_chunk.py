@@ -148,8 +148,10 @@ def _fast(lg_first, lg_last):
     return jnp.max(lg_first - lg_last) < SPAN_LIMIT
 
 
-def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
-    # q/k/lg/sg: the chunk [C, dk]; a: this sub-block's rows of A [16, C] (input dtype)
+def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale, blocks):
+    # q/k/lg/sg: the chunk [C, dk]; a: this sub-block's rows of A [16, C] (input dtype).
+    # blocks (GPU): a loop over the key blocks up to the diagonal, each a [16, 16] product
+    # stored in place; else (TPU: no dynamic lane offsets) one [16, C] product, masked.
     dt = q_ref.dtype
     i = pl.program_id(2) % (C // SUB)
     t0 = i * SUB
@@ -158,30 +160,46 @@ def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale):
     lg, sg = lg_ref[sl, :], sg_ref[sl, :].astype(F32)
     lg0, sg0 = _row(lg_ref, t0), _row(sg_ref, t0)
     fast = _fast(lg0, _row(lg_ref, t0 + SUB - 1))
+    nf = fast.astype(jnp.int32)  # the diagonal block joins the products on the fast path
     qf = q * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # scale q_t G_t / G_t0
     r, c = cm.iotas(SUB)
-    a_ref[...] = jnp.zeros(a_ref.shape, a_ref.dtype)  # blocks after the diagonal stay 0
 
-    def block(j, carry):  # keys of block j < i (fast: j <= i): G_t0 / G_s, <= 1 before t0
-        bl = pl.ds(j * SUB, SUB)
-        fk = sg_ref[bl, :].astype(F32) * sg0 * jnp.exp(
-            jnp.minimum(lg0 - lg_ref[bl, :], SPAN_LIMIT))
-        a = cm.mm_nt(qf, k_ref[bl, :].astype(F32) * fk, dt)  # [16, 16]
-        a_ref[:, bl] = jnp.where(j * SUB + c <= t0 + r, a, 0.0).astype(a_ref.dtype)
-        return carry
+    def k_factor(lg_s, sg_s):  # G_t0 / G_s: <= 1 before t0, <= e^SPAN_LIMIT in the block
+        return sg_s.astype(F32) * sg0 * jnp.exp(jnp.minimum(lg0 - lg_s, SPAN_LIMIT))
 
-    lax.fori_loop(0, i + fast.astype(jnp.int32), block, 0)
+    if blocks:
+        a_ref[...] = jnp.zeros(a_ref.shape, a_ref.dtype)  # blocks after the diagonal stay 0
 
-    def column(j, acc):  # key t0 + j of the diagonal block
-        s = t0 + j
-        dec = _diag_decay(j, lg, sg, _row(lg_ref, s), _row(sg_ref, s))
-        col = jnp.sum(q * _row(k_ref, s) * dec, axis=1, keepdims=True)  # [16, 1]
-        return jnp.where(c == j, col, acc)
+        def block(j, carry):  # key block j < i (fast: j <= i)
+            bl = pl.ds(j * SUB, SUB)
+            a = cm.mm_nt(qf, k_ref[bl, :].astype(F32) * k_factor(lg_ref[bl, :], sg_ref[bl, :]),
+                         dt)
+            a_ref[:, bl] = jnp.where(j * SUB + c <= t0 + r, a, 0.0).astype(a_ref.dtype)
+            return carry
 
-    @pl.when(jnp.logical_not(fast))
-    def _():  # steep gates: the diagonal block one key column at a time (exact for any gate)
-        acc = lax.fori_loop(0, SUB, column, jnp.zeros((SUB, SUB), F32))
-        a_ref[:, sl] = acc.astype(a_ref.dtype)
+        lax.fori_loop(0, i + nf, block, 0)
+    else:
+        s_col, _ = cm.iotas(C, 1)
+        fk = jnp.where(s_col < t0 + nf * SUB, k_factor(lg_ref[...], sg_ref[...]), 0.0)
+        a = cm.mm_nt(qf, k_ref[...].astype(F32) * fk, dt)  # [16, C]
+        rr, cc = cm.iotas(SUB, C)
+        a = jnp.where(cc <= t0 + rr, a, 0.0)
+
+    # steep gates: the diagonal block one key column at a time (exact for any gate), on a
+    # [16, 16] tile stored in place (GPU) or in the [16, C] row block
+    def column(j, acc):  # key t0 + j
+        dec = _diag_decay(j, lg, sg, _row(lg_ref, t0 + j), _row(sg_ref, t0 + j))
+        col = jnp.sum(q * _row(k_ref, t0 + j) * dec, axis=1, keepdims=True)  # [16, 1]
+        return jnp.where(c == j, col, acc) if blocks else jnp.where(cc == t0 + j, col, acc)
+
+    if blocks:
+        @pl.when(jnp.logical_not(fast))
+        def _():
+            acc = lax.fori_loop(0, SUB, column, jnp.zeros((SUB, SUB), F32))
+            a_ref[:, sl] = acc.astype(a_ref.dtype)
+    else:
+        a = lax.cond(fast, lambda a: a, lambda a: lax.fori_loop(0, SUB, column, a), a)
+        a_ref[...] = a.astype(a_ref.dtype)
 
 
 def _o_kernel(q_ref, lg_ref, sg_ref, h_ref, a_ref, v_ref, o_ref, *, scale):
@@ -211,7 +229,7 @@ def _dv_kernel(k_ref, v_ref, do_ref, lg_ref, sg_ref, a_ref, h_ref, dh_ref,
 
 
 def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
-                dq_ref, dk_ref, gg_ref, *, C, scale):
+                dq_ref, dk_ref, gg_ref, *, C, scale, blocks):
     # q/k/lg/sg: the chunk [C, dk]; da: the chunk's dA [C, C] f32; dqi, dki, and the outputs
     # dq, dk (input dtype), gg = q dq - k dk (f32): this sub-block's rows [16, dk]. Only
     # [16, dk] tiles are live.
@@ -228,21 +246,27 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
     fast = _fast(lg0, lge)
     nf = fast.astype(jnp.int32)  # the diagonal block joins the products on the fast path
 
-    def earlier(j, dq):  # j < i (fast: j <= i), rescaled at t0: dq_t += sum_s dA k_s G_t0/G_s
-        bl = pl.ds(j * SUB, SUB)
+    def earlier(j, dq, bl):  # j < i (fast: j <= i), rescaled at t0: dq_t += dA k_s G_t0 / G_s
         fk = sg_ref[bl, :].astype(F32) * sg0 * jnp.exp(
             jnp.minimum(lg0 - lg_ref[bl, :], SPAN_LIMIT))
-        return dq + cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
+        return cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
 
-    def later(j, dk):  # j > i (fast: j >= i), rescaled at e: dk_s += sum_t dA q_t G_t / G_e
-        bl = pl.ds(j * SUB, SUB)
+    def later(j, dk, bl):  # j > i (fast: j >= i), rescaled at e: dk_s += dA q_t G_t / G_e
         fq = sg_ref[bl, :].astype(F32) * sge * jnp.exp(
             jnp.minimum(lg_ref[bl, :] - lge, SPAN_LIMIT))
-        return dk + cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
+        return cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
 
     zeros = jnp.zeros((SUB, q.shape[1]), F32)
-    dq = lax.fori_loop(0, i + nf, earlier, zeros)
-    dk = lax.fori_loop(i + 1 - nf, C // SUB, later, zeros)
+    if blocks:  # GPU: only the contributing blocks (dynamic bounds)
+        step = lambda f: lambda j, x: x + f(j, x, pl.ds(j * SUB, SUB))
+        dq = lax.fori_loop(0, i + nf, step(earlier), zeros)
+        dk = lax.fori_loop(i + 1 - nf, C // SUB, step(later), zeros)
+    else:  # TPU: static blocks (no dynamic lane offsets into dA), masked
+        dq = dk = zeros
+        for j in range(C // SUB):
+            bl = pl.ds(j * SUB, SUB)
+            dq = dq + jnp.where(j < i + nf, earlier(j, dq, bl), 0.0)
+            dk = dk + jnp.where(j >= i + 1 - nf, later(j, dk, bl), 0.0)
     dq = dq * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # (G_t / G_t0)
     dk = dk * (sg * sge * jnp.exp(jnp.minimum(lge - lg, 0.0)))  # (G_e / G_s)
     r, _ = cm.iotas(SUB, 1)
@@ -345,7 +369,7 @@ def _scores(qi, ki, lgc, sgc, cfg):
     part = cm.block_spec((nk, B, H, Lp, C), (None, None, None, SUB, C),
                          lambda b, h, i, j: (j, b, h, i, 0))
     a = cm.pallas_call(
-        platform, functools.partial(_a_kernel, C=C, scale=scale),
+        platform, functools.partial(_a_kernel, C=C, scale=scale, blocks=platform == "gpu"),
         grid=(B, H, Lp // SUB, nk),  # all parallel
         in_specs=[ck, ck, ck, ck],
         out_specs=part,
@@ -415,7 +439,8 @@ def _dqk(qi, ki, lgc, sgc, da, dqi, dki, cfg):
     ck, sk, cc = _sub_grid_specs(B, H, Lp, dk, bk, C, layout)
     shape = cm.seq_shape(B, H, Lp, dk, layout)
     return cm.pallas_call(
-        platform, functools.partial(_dqk_kernel, C=C, scale=scale),
+        platform, functools.partial(_dqk_kernel, C=C, scale=scale,
+                                    blocks=platform == "gpu"),
         grid=(B, H, Lp // SUB, dk // bk),  # all parallel
         in_specs=[ck, ck, ck, ck, cc, sk, sk],
         out_specs=[sk, sk, sk],
