@@ -14,10 +14,14 @@ Forward
      every chunk, `S_{c+1} = diag(G_C) S_c + (K_c * G_end)^T V_c` (one `[dk, C] x [C, BV]`
      product per chunk), stored in the input dtype (its readers cast to it anyway).
   2. `_a_kernel`, grid (B, H, T / 16), all parallel: the 16 rows of A of one sub-block of
-     queries. Earlier sub-blocks of the chunk by one `[16, dk] x [dk, C]` product whose
-     factors are rescaled at the sub-block's first token t0: `G_t / G_s = (G_t / G_t0)
-     (G_t0 / G_s)`, both of magnitude <= 1 for s < t0 <= t; the diagonal 16 x 16 block one
-     key column at a time (`[16, dk]` elementwise per column: exact for any gates).
+     queries, by products whose factors are rescaled at the sub-block's first token t0:
+     `G_t / G_s = (G_t / G_t0) (G_t0 / G_s)`, both of magnitude <= 1 for s < t0 <= t. The
+     diagonal 16 x 16 block joins the products when its within-block decay stays above
+     e^-SPAN_LIMIT on every key (`G_t0 / G_s <= e^40` there: no overflow, f32-relative
+     precision); steeper blocks go one key column at a time (`[16, dk]` elementwise per
+     column: exact for any gate), chosen per program (`lax.cond` / `pl.when`). GPU: a loop
+     over the key blocks up to the diagonal, `[16, 16]` products stored in place; TPU/CPU: one
+     masked `[16, dk] x [dk, C]` product (no dynamic lane offsets).
   3. `_o_kernel`, grid (B, H, NC, dv / BVc), all parallel: `O = (scale Q * G) S_c + A V`.
 Backward
   4. `_sweep_kernel` (reverse): the adjoint of the state after every chunk,
@@ -25,8 +29,9 @@ Backward
   5. `_dv_kernel`, grid (B, H, NC), all parallel: `dA = tril(dO V^T)` (f32),
      `dV = A^T dO + (K * G_end) dS`, and the inter-chunk parts of dq, dk.
   6. `_dqk_kernel`, grid (B, H, T / 16), all parallel: dq, dk of one sub-block from dA (as in 2:
-     rescaled products for the other sub-blocks, a column loop for the diagonal block), plus
-     the per-token gate-gradient term `q dq - k dk`.
+     rescaled products, the diagonal block among them unless steep, then a column loop; on GPU
+     a loop over the contributing sub-blocks only), plus the per-token gate-gradient term
+     `q dq - k dk`.
   7. `_revcum_kernel`, grid (B, H, dk / BK), parallel; chunks in reverse: the gate gradient,
      the reverse cumulative sum of `q dq - k dk` plus the final-state term (the formula of
      `pallas_kernels.gla.gate_grad`).
