@@ -58,9 +58,9 @@ from pallas_kernels._scan import linear_scan
 
 F32 = jnp.float32
 SUB = 16  # queries per sub-block inside a chunk
-# A diagonal 16 x 16 block whose within-block decay stays below e^-SPAN_LIMIT on every key uses
-# rescaled products (factors up to e^SPAN_LIMIT, far from f32 overflow); steeper blocks go one
-# key column at a time.
+# A diagonal 16 x 16 block whose within-block decay `|G_e / G_t0|` stays above e^-SPAN_LIMIT on
+# every key uses rescaled products (factors up to e^SPAN_LIMIT, far from f32 overflow); steeper
+# blocks go one key column at a time.
 SPAN_LIMIT = 40.0
 
 
@@ -251,27 +251,27 @@ def _dqk_kernel(q_ref, k_ref, lg_ref, sg_ref, da_ref, dqi_ref, dki_ref,
     fast = _fast(lg0, lge)
     nf = fast.astype(jnp.int32)  # the diagonal block joins the products on the fast path
 
-    def earlier(j, dq, bl):  # j < i (fast: j <= i), rescaled at t0: dq_t += dA k_s G_t0 / G_s
+    def earlier(bl):  # blocks j < i (fast: j <= i), rescaled at t0: dq_t += dA k_s G_t0 / G_s
         fk = sg_ref[bl, :].astype(F32) * sg0 * jnp.exp(
             jnp.minimum(lg0 - lg_ref[bl, :], SPAN_LIMIT))
         return cm.mm(da_ref[sl, bl], k_ref[bl, :].astype(F32) * fk, dt)
 
-    def later(j, dk, bl):  # j > i (fast: j >= i), rescaled at e: dk_s += dA q_t G_t / G_e
+    def later(bl):  # blocks j > i (fast: j >= i), rescaled at e: dk_s += dA q_t G_t / G_e
         fq = sg_ref[bl, :].astype(F32) * sge * jnp.exp(
             jnp.minimum(lg_ref[bl, :] - lge, SPAN_LIMIT))
         return cm.mm_tn(da_ref[bl, sl], q_ref[bl, :].astype(F32) * (scale * fq), dt)
 
     zeros = jnp.zeros((SUB, q.shape[1]), F32)
     if blocks:  # GPU: only the contributing blocks (dynamic bounds)
-        step = lambda f: lambda j, x: x + f(j, x, pl.ds(j * SUB, SUB))
+        step = lambda f: lambda j, x: x + f(pl.ds(j * SUB, SUB))
         dq = lax.fori_loop(0, i + nf, step(earlier), zeros)
         dk = lax.fori_loop(i + 1 - nf, C // SUB, step(later), zeros)
     else:  # TPU: static blocks (no dynamic lane offsets into dA), masked
         dq = dk = zeros
         for j in range(C // SUB):
             bl = pl.ds(j * SUB, SUB)
-            dq = dq + jnp.where(j < i + nf, earlier(j, dq, bl), 0.0)
-            dk = dk + jnp.where(j >= i + 1 - nf, later(j, dk, bl), 0.0)
+            dq = dq + jnp.where(j < i + nf, earlier(bl), 0.0)
+            dk = dk + jnp.where(j >= i + 1 - nf, later(bl), 0.0)
     dq = dq * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # (G_t / G_t0)
     dk = dk * (sg * sge * jnp.exp(jnp.minimum(lge - lg, 0.0)))  # (G_e / G_s)
     r, _ = cm.iotas(SUB, 1)
