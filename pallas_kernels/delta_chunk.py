@@ -38,9 +38,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
-from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse, gate_grad
+from pallas_kernels.delta_product import _chunk_cumulative, chunk_inverse, gate_grad_tokens
 
 F32 = jnp.float32
+SUB = 16  # rows per block of the GPU organisation of `_wu_kernel`
+WU_BLOCKS = [True]  # that organisation on GPU (False: the [C, C] one; a `stages --knob`)
+# per-kernel Triton warps (None: `num_warps`), H100 `experiments.bench.stages --knob
+# delta_chunk.WARPS.wu=1,2,4`: W/U 0.46 ms with 2 warps, 0.61 with 4, 0.67 with 1; the two
+# gradient kernels 0.75 ms with 4 + 4, 0.91 - 1.14 with 8 in either
+WARPS = {"wu": 2, "grad_wy": None, "grad_qk": None}
 
 
 def _gates(c, C, lg_ref, sg_ref, gated, matrix=True):
@@ -69,8 +75,10 @@ def _scaled(x, f):
 # ------------------------------------------------------------------------------------------
 # kernels
 # ------------------------------------------------------------------------------------------
-def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, gated):
+def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, gated, blocks):
     # one chunk: k [C, dk]; v [C, dv]; b/lg/sg [C, 1] -> m [C, C] f32; w [C, dk]; u [C, dv]
+    if blocks:
+        return _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gated)
     k = k_ref[...]
     dt = k.dtype
     beta = b_ref[...].astype(F32)
@@ -80,6 +88,83 @@ def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, g
     g_col = _gates(0, C, lg_ref, sg_ref, gated, matrix=False)[0]
     w_ref[...] = cm.mm(tm, _scaled(k.astype(F32), g_col), dt).astype(w_ref.dtype)
     u_ref[...] = cm.mm(tm, v_ref[...], dt).astype(u_ref.dtype)
+
+
+def _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gated):
+    """`_wu_kernel` in 16 x 16 blocks (GPU): the blocks `A_ij = beta_i (k_i k_j^T) Gam_ij`
+    (j <= i) straight from the refs; the diagonal blocks' inverses `D_i` by 16-row forward
+    substitution; then block forward substitution `X_ij = -D_i sum_{j <= l < i} A_il X_lj`;
+    W and U row block by row block. The same exact substitution as `chunk_inverse`, reordered,
+    with about C / 16 times fewer multiply-adds than its `[C, C]` products (whose work is
+    mostly on the zero blocks above the diagonal). H100, (8, 2048, 16, 128) bf16: 0.46 ms
+    against 0.87 (`experiments.bench.stages --knob delta_chunk.WU_BLOCKS=1,0 --only wu`)."""
+    nb = C // SUB
+    dt = k_ref.dtype
+    r, c = cm.iotas(SUB)
+    blk = [pl.ds(i * SUB, SUB) for i in range(nb)]
+    k = [k_ref[b, :] for b in blk]
+    beta = [b_ref[b, :].astype(F32) for b in blk]
+    if gated:
+        lg = [lg_ref[b, :] for b in blk]
+        sg = [sg_ref[b, :] for b in blk]
+        lg_r, sg_r = [cm.col_to_row(x) for x in lg], [cm.col_to_row(x) for x in sg]
+
+    @functools.cache
+    def kk(i, j):
+        return cm.mm_nt(k[i], k[j], dt)
+
+    @functools.cache
+    def a_block(i, j):  # A_ij, i > j
+        a = beta[i] * kk(i, j)
+        if gated:
+            a = a * (sg[i] * sg_r[j] * jnp.exp(jnp.minimum(lg[i] - lg_r[j], 0.0)))
+        return a
+
+    # the diagonal blocks' inverses, all in one 16-step loop (independent work per step):
+    # step j finishes row j of every X_ii, `X_ii[j] -= sum_s A_ii[j, s] X_ii[s]`, with
+    # A_ii[j, :] taken as a column from A_ii^T by a masked row reduction (on an H100 this beat
+    # a [16, 16] product per step, 0.46 against 0.64 ms for the kernel)
+    eye = jnp.where(r == c, 1.0, 0.0).astype(F32)
+    a_t = []
+    for i in range(nb):
+        t = cm.col_to_row(beta[i]) * kk(i, i)  # kk(i, i) is symmetric
+        if gated:  # Gam_ii^T
+            t = t * (sg[i] * sg_r[i] * jnp.exp(jnp.minimum(lg_r[i] - lg[i], 0.0)))
+        a_t.append(jnp.where(r < c, t, 0.0))
+
+    def step(j, xs):
+        out = []
+        for t, x_ in zip(a_t, xs):
+            a_col = jnp.sum(jnp.where(c == j, t, 0.0), axis=1, keepdims=True)
+            out.append(x_ - jnp.where(r == j, jnp.sum(a_col * x_, axis=0, keepdims=True), 0.0))
+        return tuple(out)
+
+    d = lax.fori_loop(1, SUB, step, (eye,) * nb)
+    x = {(i, i): d[i] for i in range(nb)}
+    for gap in range(1, nb):  # block diagonals: every X_ij reads only nearer diagonals
+        for j in range(nb - gap):
+            i = j + gap
+            acc = None
+            for l in range(j, i):
+                t = cm.mm(a_block(i, l), x[l, j])
+                acc = t if acc is None else acc + t
+            x[i, j] = -cm.mm(x[i, i], acc)
+    zero = jnp.zeros((SUB, SUB), F32)
+    for i in range(nb):
+        w = u = None
+        for j in range(nb):
+            m_ref[blk[i], blk[j]] = x[i, j] if j <= i else zero
+            if j > i:
+                continue
+            # (re)loaded per use: fewer live registers than keeping every block
+            gk = k_ref[blk[j], :]
+            if gated:
+                gk = (gk.astype(F32) * (sg[j] * jnp.exp(lg[j]))).astype(dt)
+            tm = x[i, j] * cm.col_to_row(beta[j])
+            tw, tu = cm.mm(tm, gk, dt), cm.mm(tm, v_ref[blk[j], :], dt)
+            w, u = (tw, tu) if w is None else (w + tw, u + tu)
+        w_ref[blk[i], :] = w.astype(w_ref.dtype)
+        u_ref[blk[i], :] = u.astype(u_ref.dtype)
 
 
 def _state_kernel(k_ref, w_ref, u_ref, lg_ref, sg_ref, h0_ref, vn_ref, hs_ref, ht_ref, *,
@@ -139,45 +224,71 @@ def _dstate_kernel(q_ref, k_ref, w_ref, lg_ref, sg_ref, do_ref, dl_ref, dht_ref,
     dh0_ref[...] = lax.fori_loop(0, NC, body, dht_ref[...].astype(F32))
 
 
-def _grad_kernel(q_ref, k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dh_ref, vn_ref,
-                 dvn_ref, do_ref, dq_ref, dk_ref, dv_ref, db_ref, *, C, scale, gated):
-    # one chunk and value tile: q, k [C, dk]; v, vn, dvn, do, dv [C, BV]; b/lg/sg [C, 1];
-    # m [C, C]; h (entering state), dh (adjoint after the chunk) [dk, BV];
-    # dq, dk [C, dk] and db [C, 1]: this value tile's parts
-    dt = q_ref.dtype
+def _grad_wy_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dvn_ref,
+                    dk_ref, dv_ref, db_ref, *dl_ref, C, gated):
+    # The gradients through W, U and (I + A)^{-1}, of one chunk and value tile: k [C, dk];
+    # v, dvn, dv [C, BV]; b/lg/sg [C, 1]; m [C, C]; h (entering state) [dk, BV]; dk [C, dk]
+    # and db [C, 1] are this value tile's parts, dk also only this kernel's part (the rest in
+    # `_grad_qk_kernel`). Gated: also dl [C, 1] = -v . dv (this tile), the value side of the
+    # per-token gate term (see `gate_grad_tokens`).
+    dt = k_ref.dtype
     r, cc = cm.iotas(C)
-    q = q_ref[...].astype(F32) * scale
-    k = k_ref[...].astype(F32)
-    v = v_ref[...]
+    k = k_ref[...]  # the input dtype: dots only
     beta = b_ref[...].astype(F32)
     beta_r = cm.col_to_row(beta)
-    g_col, _, g_to_end, gam = _gates(0, C, lg_ref, sg_ref, gated)
+    g_col = _gates(0, C, lg_ref, sg_ref, gated, matrix=False)[0]
     minv = m_ref[...]
     tm = minv * beta_r
-    gk = _scaled(k, g_col)
-    s0, ds = h_ref[...], dh_ref[...]
-    vn, dvn = vn_ref[...], dvn_ref[...]
-    do = do_ref[...].astype(F32)
-    # output and end-state paths
-    dpg = jnp.where(r >= cc, cm.mm_nt(do, vn, dt), 0.0) * gam  # [C, C]
-    dq = _scaled(cm.mm_nt(do, s0, dt), g_col) + cm.mm(dpg, k, dt)
-    dkk = cm.mm_tn(dpg, q, dt) + _scaled(cm.mm_nt(vn, ds, dt), g_to_end)
-    # W = Tm (G k), U = Tm V, Vn = U - W S0
-    dw = -cm.mm_nt(dvn, s0, dt)  # [C, dk]
-    dtm = cm.mm_nt(dw, gk, dt) + cm.mm_nt(dvn, v, dt)  # [C, C]
-    dkk = dkk + _scaled(cm.mm_tn(tm, dw, dt), g_col)
-    dv_ref[...] = cm.mm_tn(tm, dvn, dt).astype(dv_ref.dtype)
-    # Tm = Minv diag(beta), Minv = (I + A)^{-1}
+    dvn = dvn_ref[...]
+    # (ordered for few live values: no [C, dk] f32 accumulator across the Minv products)
+    # U = Tm V
+    dv = cm.mm_tn(tm, dvn, dt)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    if gated:
+        dl_ref[0][...] = -jnp.sum(v_ref[...].astype(F32) * dv, axis=1, keepdims=True)
+    # W = Tm (G k), Vn = U - W S0 (dW rounded to the dot dtype once, as each use would)
+    dw = (-cm.mm_nt(dvn, h_ref[...], dt)).astype(dt)  # [C, dk]
+    gk = k if g_col is None else (g_col * k.astype(F32)).astype(dt)
+    dtm = cm.mm_nt(dw, gk, dt) + cm.mm_nt(dvn, v_ref[...], dt)  # [C, C]
+    # Tm = Minv diag(beta), Minv = (I + A)^{-1}, A = strict_lower(beta (k k^T) Gam)
     db_r = jnp.sum(dtm * minv, axis=0, keepdims=True)  # [1, C]
     dm = -cm.mm_tn(minv, cm.mm_nt(dtm * beta_r, minv))  # -Minv^T dMinv Minv^T (f32)
     da = jnp.where(r > cc, dm, 0.0)
-    kk = cm.mm_nt(k_ref[...], k_ref[...], dt)
-    db_c = jnp.sum(da * kk * gam, axis=1, keepdims=True)  # [C, 1]
-    dkk_mat = da * beta * gam
-    dkk = dkk + cm.mm(dkk_mat, k, dt) + cm.mm_tn(dkk_mat, k, dt)
-    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+    if gated:
+        da = da * _gates(0, C, lg_ref, sg_ref, gated)[3]
+    db_ref[...] = (jnp.sum(da * cm.mm_nt(k, k, dt), axis=1, keepdims=True)
+                   + cm.row_to_col(db_r))
+    dkk_mat = da * beta
+    dkk = (_scaled(cm.mm_tn(tm, dw, dt), g_col) + cm.mm(dkk_mat, k, dt)
+           + cm.mm_tn(dkk_mat, k, dt))
     dk_ref[...] = dkk.astype(dk_ref.dtype)
-    db_ref[...] = db_c + cm.row_to_col(db_r)
+
+
+def _grad_qk_kernel(q_ref, k_ref, lg_ref, sg_ref, h_ref, dh_ref, vn_ref, do_ref, dkw_ref,
+                    *refs, C, scale, gated):
+    # The gradients through the outputs and the end state, of one chunk and value tile:
+    # q, k, dq, dk [C, dk] (this value tile's parts); h (entering state), dh (adjoint after the
+    # chunk) [dk, BV]; vn, do [C, BV]; dkw: `_grad_wy_kernel`'s part of dk, added here.
+    # Gated: dlv [C, 1] in (-v . dv), dl [C, 1] out = q . dq + dlv (this tile's part).
+    if gated:
+        dlv_ref, dq_ref, dk_ref, dl_ref = refs
+    else:
+        dq_ref, dk_ref = refs
+    dt = q_ref.dtype
+    r, cc = cm.iotas(C)
+    q = q_ref[...].astype(F32) * scale
+    g_col, _, g_to_end, gam = _gates(0, C, lg_ref, sg_ref, gated)
+    vn, do = vn_ref[...], do_ref[...]
+    dpg = jnp.where(r >= cc, cm.mm_nt(do, vn, dt), 0.0) * gam  # [C, C]
+    dq = _scaled(cm.mm_nt(do, h_ref[...], dt), g_col) + cm.mm(dpg, k_ref[...], dt)
+    dq = dq * scale
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+    if gated:
+        dl_ref[...] = (jnp.sum(q_ref[...].astype(F32) * dq, axis=1, keepdims=True)
+                       + dlv_ref[...])
+    dkk = (cm.mm_tn(dpg, q, dt) + _scaled(cm.mm_nt(vn, dh_ref[...], dt), g_to_end)
+           + dkw_ref[...].astype(F32))
+    dk_ref[...] = dkk.astype(dk_ref.dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,7 +347,9 @@ def _wu(ki, vi, bi, lgc, sgc, cfg):
     blk_1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c: (b, h, c, 0))
     blk_m = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c: (b, h, c, 0))
     return cm.pallas_call(
-        platform, functools.partial(_wu_kernel, C=C, gated=gated),
+        platform, functools.partial(_wu_kernel, C=C, gated=gated,
+                                    blocks=(platform == "gpu" and WU_BLOCKS[0] and C % SUB == 0
+                                            and C > SUB)),
         grid=(B, H, NC),  # all parallel
         in_specs=[blk_k, blk_v, blk_1, blk_1, blk_1],
         out_specs=[blk_m, blk_k, blk_v],
@@ -244,7 +357,7 @@ def _wu(ki, vi, bi, lgc, sgc, cfg):
                    # W: only read by dots; U: enters Vn = U - W S, kept f32
                    jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), ki.dtype),
                    jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32)],
-        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 3, WARPS["wu"] or num_warps),
         name="lrnn_delta_chunk_wu",
     )(ki, vi, bi, lgc, sgc)
 
@@ -327,30 +440,47 @@ def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
 
 
 def _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg):
-    """`(dq, dk, dv, dbeta)`. With one value tile and no gate, dq, dk and dv are written in
-    the input dtype (nothing adds to them later); else f32, summed over value tiles here."""
+    """`(dq, dk, dv, dbeta, dl)`, dl the per-token gate term `q . dq - v . dv` `[B, H, Lp]`
+    (None ungated). Two kernels: the W / U part, then the output part, which adds the first's
+    dk (split in two: fewer live values each, no register spills; H100 0.75 ms against 1.11
+    for one kernel, `stages --only grads`, 2026-11-26). With one value tile the gradients are
+    written in the input dtype (the gate term is formed in f32 inside); else f32, summed over
+    value tiles here."""
     C, scale, gated, interpret, platform, _, num_warps, layout, bv = cfg
     B, H, Lp, dk = _dims(ki, layout)
     dv = vi.shape[-1]
     NC = Lp // C
     nv = dv // bv
-    gdt = qi.dtype if (nv == 1 and not gated) else F32
+    gdt = qi.dtype if nv == 1 else F32
     ck, c1, cv, cmm, st, pk, p1 = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout)
-    dq, dk_, dv_, db = cm.pallas_call(
-        platform, functools.partial(_grad_kernel, C=C, scale=scale, gated=gated),
+    kshape = jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout, (nv,)), gdt)
+    vshape = jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), gdt)
+    sshape = jax.ShapeDtypeStruct((nv, B, H, Lp, 1), F32)  # per-token scalars
+    g1 = [sshape] if gated else []
+    dkw, dv_, db, *dlv = cm.pallas_call(
+        platform, functools.partial(_grad_wy_kernel, C=C, gated=gated),
         grid=(B, H, NC, nv),  # all parallel
-        in_specs=[ck, ck, cv, c1, c1, c1, cmm, st, st, cv, cv, cv],
-        out_specs=[pk, pk, cv, p1],
-        out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout, (nv,)), gdt),
-                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout, (nv,)), gdt),
-                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), gdt),
-                   jax.ShapeDtypeStruct((nv, B, H, Lp, 1), F32)],
-        interpret=interpret, compiler_params=_params(platform, 4, num_warps),
-        name="lrnn_delta_chunk_grad",
-    )(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do)
+        in_specs=[ck, cv, c1, c1, c1, cmm, st, cv],
+        out_specs=[pk, cv, p1] + [p1] * gated,
+        out_shape=[kshape, vshape, sshape] + g1,
+        interpret=interpret,
+        compiler_params=_params(platform, 4, WARPS["grad_wy"] or num_warps),
+        name="lrnn_delta_chunk_grad_wy",
+    )(ki, vi, bi, lgc, sgc, m, hs, dvn)
+    dq, dk_, *dl = cm.pallas_call(
+        platform, functools.partial(_grad_qk_kernel, C=C, scale=scale, gated=gated),
+        grid=(B, H, NC, nv),  # all parallel
+        in_specs=[ck, ck, c1, c1, st, st, cv, cv, pk] + [p1] * gated,
+        out_specs=[pk, pk] + [p1] * gated,
+        out_shape=[kshape, kshape] + g1,
+        interpret=interpret,
+        compiler_params=_params(platform, 4, WARPS["grad_qk"] or num_warps),
+        name="lrnn_delta_chunk_grad_qk",
+    )(qi, ki, lgc, sgc, hs, dhs, vn, do, dkw, *dlv)
+    dl = dl[0].sum(0)[..., 0] if gated else None
     if nv == 1:
-        return dq[0], dk_[0], dv_, db[0]
-    return dq.sum(0), dk_.sum(0), dv_, db.sum(0)
+        return dq[0], dk_[0], dv_, db[0], dl
+    return dq.sum(0), dk_.sum(0), dv_, db.sum(0), dl
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,9 +510,10 @@ def _core_bwd(cfg, res, cts):
     gated = cfg[2]
     dl = _dvn_local(qi, ki, lgc, sgc, do, cfg)
     dvn, dhs, dh0 = _adjoints(qi, ki, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
-    dq, dk, dv, db = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
+    dq, dk, dv, db, dl = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
+    dla = gate_grad_tokens(dl, ht, dht) if gated else jnp.zeros_like(la)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),
-            gate_grad(qi, dq, vi, dv, ht, dht, la, gated, cfg[7]), jnp.zeros_like(sa), dh0)
+            dla, jnp.zeros_like(sa), dh0)
 
 
 core.defvjp(_core_fwd, _core_bwd)

@@ -346,6 +346,11 @@ def gate_grad(qi, dq, vi, dv, ht, dht, la, gated, layout="bhtd"):
     per_t = jnp.sum(qi.astype(F32) * dq, -1) - jnp.sum(vi.astype(F32) * dv, -1)
     if layout == "bthd":
         per_t = jnp.swapaxes(per_t, 1, 2)  # [B, H, Lp]
+    return gate_grad_tokens(per_t, ht, dht)
+
+
+def gate_grad_tokens(per_t, ht, dht):
+    """`gate_grad` from the per-token terms `q_t . dq_t - v_t . dv_t` `[B, H, Lp]` (f32)."""
     rev = jnp.flip(jnp.cumsum(jnp.flip(per_t, -1), -1), -1)
     return rev + jnp.sum(ht * dht.astype(F32), axis=(-2, -1))[..., None]
 

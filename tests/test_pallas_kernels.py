@@ -199,7 +199,10 @@ def test_linear_recurrence_bf16_and_no_h0():
      (1, False, 40, 32, "chunk-bthd"),
      # C = 32: the blocked (I + A)^{-1} (_common.unit_lower_inverse_blocked), gated, in the
      # default kernels and the chunk-parallel ones
-     (1, True, 37, 32, True), (2, True, 21, 32, "chunk")],
+     (1, True, 37, 32, True), (2, True, 21, 32, "chunk"),
+     # the GPU organisation (`_target="gpu"`: 16 x 16 blocks of the inverse, W and U in
+     # delta_chunk._wu_blocks; f32 on GPU caps C at 32, so two blocks per chunk)
+     (1, True, 45, 32, "chunk-gpu"), (2, False, 21, 32, "chunk-gpu")],
 )
 def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
     rng = np.random.default_rng(10 + n_h)
@@ -215,6 +218,10 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
 
     def f_pallas(*xs):
         q, k, v, beta, gate, h0 = split(xs)
+        if pre == "chunk-gpu":
+            return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
+                                    chunk_size=C, chunk_parallel=True, interpret=True,
+                                    _target="gpu")
         if pre in ("chunk", "chunk-bthd"):
             # bthd cases also tile the value dim: 2 tiles everywhere (key-side gradients summed
             # over tiles), or 2 tiles in the sequential kernels and 1 in the parallel ones

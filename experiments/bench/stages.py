@@ -28,7 +28,8 @@ from pallas_kernels import _common as cm
 F32 = jnp.float32
 _BVC = [None]  # delta-chunk: value tile of the chunk-parallel kernels (--block-v-chunk)
 _LAYOUT = ["bthd"]  # delta-chunk sequence layout (--layout)
-_MODE = [False, "gpu"]  # (interpret, platform); --interpret: a CPU smoke test
+_MODE = [False, "gpu"]
+_ONLY: list[str] = []  # stage names to time (--only; empty: all)  # (interpret, platform); --interpret: a CPU smoke test
 
 
 def _layout(x):  # [B, T, H, d] -> [B, H, T, d]
@@ -40,6 +41,8 @@ def _run_stages(stages, reps):
     the callables closing over a dict."""
     out = {}
     for name, fn, args in stages:
+        if _ONLY and name not in _ONLY:
+            continue
         out[name] = _time(jax.jit(fn), *args, reps=reps)
     return out
 
@@ -47,7 +50,7 @@ def _run_stages(stages, reps):
 def delta_chunk_stages(shape, C, bv, nw, gated, reps):
     import pallas_kernels as pk
     from pallas_kernels import delta_chunk as dc
-    from pallas_kernels.delta_product import _chunk_cumulative, gate_grad
+    from pallas_kernels.delta_product import _chunk_cumulative, gate_grad_tokens
 
     B, T, H, D = shape
     layout = _LAYOUT[0]
@@ -68,7 +71,7 @@ def delta_chunk_stages(shape, C, bv, nw, gated, reps):
     vn, hs, ht = dc._states(ki, w, u, lgc, sgc, h0, cfg)
     dl = dc._dvn_local(qi, ki, lgc, sgc, doi, cfg)
     dvn, dhs, dh0 = dc._adjoints(qi, ki, w, lgc, sgc, doi, dl, jnp.zeros_like(ht), cfg)
-    dq, dk, dv, db = dc._grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, doi, cfg)
+    dq, dk, dv, db, dlt = dc._grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, doi, cfg)
     st = [
         ("layout in", lambda q, k, v, b: (lay(q), lay(k[:, :, :, 0]), lay(v[:, :, :, 0]),
                                           _layout(b)), (q, k, v, beta)),
@@ -85,10 +88,11 @@ def delta_chunk_stages(shape, C, bv, nw, gated, reps):
                                                  lay(d)), (dq, dk, dv, doi)),
     ]
     if gated:
-        st.append(("gate_grad", lambda *a: gate_grad(*a, True, layout),
-                   (qi, dq, vi, dv, ht, jnp.zeros_like(ht), la)))
+        st.append(("gate_grad", gate_grad_tokens, (dlt, ht, jnp.zeros_like(ht))))
     res = _run_stages(st, reps)
     res["sum"] = sum(res.values())
+    if _ONLY and "total" not in _ONLY:
+        return res
     res["total"] = _total(lambda q, k, v, b, g: pk.delta_product(
         q, k, v, b, gate=g, scale=scale, chunk_size=C, block_v=bv, num_warps=nw,
         chunk_parallel=True, block_v_chunk=_BVC[0] or bv, _layout=layout)[0],
@@ -211,6 +215,28 @@ PATHS = {"delta-chunk": delta_chunk_stages, "delta": delta_default_stages,
          "gla-chunk": gla_chunk_stages, "gla": gla_default_stages}
 
 
+def _knob(spec):
+    """`MODULE.NAME[.KEY]=v1,v2` -> (setter, values): values are ints where they parse (0 in a
+    WARPS dict means None: the kernel's default), else strings."""
+    name, vals = spec.split("=")
+    mod, attr, *key = name.split(".")
+    target = getattr(importlib.import_module(f"pallas_kernels.{mod}"), attr)
+
+    def parse(v):
+        try:
+            return int(v)
+        except ValueError:
+            return v
+
+    def setter(v):
+        if key:
+            target[key[0]] = v or None
+        else:
+            target[0] = bool(v) if isinstance(target[0], bool) else v
+
+    return setter, [parse(v) for v in vals.split(",")]
+
+
 def _ints(s):
     return [int(x) for x in s.split(",")]
 
@@ -229,12 +255,18 @@ def main():
                     help="gla-chunk: key tiles of the score and dq/dk kernels, e.g. 64,32 (0: all)")
     ap.add_argument("--stages", default="0",
                     help="Triton num_stages overrides to sweep (0: each kernel's own)")
+    ap.add_argument("--knob", action="append", default=[],
+                    help="MODULE.NAME=v1,v2 or MODULE.NAME.KEY=v1,v2: sweep a module-level "
+                         "setting of pallas_kernels.MODULE (a one-element list or a dict), e.g. "
+                         "delta_chunk.WARPS.wu=2,4 or delta_chunk.GRAD_SPLIT=1,0; repeatable")
+    ap.add_argument("--only", default="", help="comma list of stage names to time (and total)")
     ap.add_argument("--gated", action="store_true", help="delta paths: Gated DeltaNet")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", default=None)
     ap.add_argument("--interpret", action="store_true", help="CPU smoke test (tiny shapes)")
     a = ap.parse_args()
     _LAYOUT[0] = a.layout
+    _ONLY[:] = [s for s in a.only.split(",") if s]
     _BVC[0] = a.block_v_chunk
     if a.key_tile:
         from pallas_kernels import gla_chunk
@@ -245,15 +277,21 @@ def main():
     shape = tuple(int(s) for s in a.shape.split(","))
     results = []
     for op in a.op.split(","):
-        for C, bv, nw, ns in itertools.product(_ints(a.chunks), _ints(a.block_v),
-                                               _ints(a.warps), _ints(a.stages)):
+        knobs = [_knob(k) for k in a.knob]
+        for C, bv, nw, ns, *kv in itertools.product(
+                _ints(a.chunks), _ints(a.block_v), _ints(a.warps), _ints(a.stages),
+                *[vals for _, vals in knobs]):
+            for (setter, _), v in zip(knobs, kv):
+                setter(v)
+            tag = " ".join(f"{k.split('=')[0]}={v}" for k, v in zip(a.knob, kv))
             try:
                 with cm.tuning(**({"num_stages": ns} if ns else {})):
                     res = PATHS[op](shape, C, bv, nw, a.gated, a.reps)
             except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
                 res = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-            results.append(dict(op=op, C=C, bv=bv, nw=nw, ns=ns, gated=a.gated, res=res))
-            print(f"== {op} C={C} bv={bv} nw={nw} ns={ns} gated={a.gated}", flush=True)
+            results.append(dict(op=op, C=C, bv=bv, nw=nw, ns=ns, gated=a.gated,
+                                knobs=dict(zip([k.split("=")[0] for k in a.knob], kv)), res=res))
+            print(f"== {op} C={C} bv={bv} nw={nw} ns={ns} gated={a.gated} {tag}", flush=True)
             for n, t in res.items():
                 print(f"   {n:24s} {t:.3f}" if isinstance(t, float) else f"   {n}: {t}",
                       flush=True)
