@@ -28,8 +28,8 @@ from pallas_kernels import _common as cm
 F32 = jnp.float32
 _BVC = [None]  # delta-chunk: value tile of the chunk-parallel kernels (--block-v-chunk)
 _LAYOUT = ["bthd"]  # delta-chunk sequence layout (--layout)
-_MODE = [False, "gpu"]
-_ONLY: list[str] = []  # stage names to time (--only; empty: all)  # (interpret, platform); --interpret: a CPU smoke test
+_MODE = [False, "gpu"]  # (interpret, platform); --interpret: a CPU smoke test
+_ONLY: list[str] = []  # stage names to time (--only; empty: all)
 
 
 def _layout(x):  # [B, T, H, d] -> [B, H, T, d]
