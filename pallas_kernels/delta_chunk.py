@@ -8,24 +8,27 @@ and everything else runs parallel over chunks:
 
 Forward
   1. `_wu_kernel`, grid (B, H, NC), all parallel: each chunk's `(I + A)^{-1}` (kept for the
-     backward), W and U.
+     backward), W and U (on GPU in 16 x 16 blocks, `_wu_blocks`); gated, also the keys
+     `(G_C / G_t) k` of the sequential kernels.
   2. `_state_kernel`, grid (B, H, dv / BV), parallel; chunks in order: `Vn = U - W S`
-     (stored), `S <- G_C S + (gam k)^T Vn`; the state entering every chunk stored f32.
+     (stored), `S <- G_C S + (gam k)^T Vn`; the state entering every chunk stored.
   3. `_out_kernel`, grid (B, H, NC, dv / BV), all parallel: `O = (scale G q) S0 + P Vn`.
 Backward
   4. `_dvn_local_kernel`, grid (B, H, NC, dv / BV), all parallel: the state-free part of
-     dVn, `P^T dO`.
+     dVn, `P^T dO`; gated, also the queries `scale G q` of the sequential kernel.
   5. `_dstate_kernel`, grid (B, H, dv / BV), parallel; chunks in reverse: `dVn = P^T dO +
      (gam k) dS` (stored), `dS <- G_C dS + (scale G q)^T dO - W^T dVn`; the adjoint of the
-     state after every chunk stored f32.
-  6. `_grad_kernel`, grid (B, H, NC, dv / BV), all parallel: dq, dk, dv, dbeta of a chunk from
-     its entering state, the adjoint after it, Vn and dVn (the formulas of
-     `delta_product._bwd_kernel`, without the chunk-to-chunk dependence). Key-side gradients
-     are partial sums over value tiles, added in the wrapper.
-The gate gradient is assembled outside, as in `pallas_kernels.delta_product`.
+     state after every chunk stored.
+  6. `_grad_wy_kernel`, then `_grad_qk_kernel`, grid (B, H, NC, dv / BV), all parallel: the
+     gradients through W, U and the inverse (dk's part, dv, dbeta), then those through the
+     outputs and the end state (dq, dk), of a chunk from its entering state, the adjoint
+     after it, Vn and dVn (the formulas of `delta_product._bwd_kernel`, without the
+     chunk-to-chunk dependence). Key-side gradients are partial sums over value tiles, added
+     in the wrapper. Gated, they also form the per-token gate term `q . dq - v . dv`.
+The gate gradient is its reverse cumulative sum (`delta_product.gate_grad_tokens`).
 
 The default of `delta_product` for 16-bit inputs on a GPU (`chunk_parallel=None`); opt-in
-elsewhere. Compiled and timed on an H200 (tests/test_pallas_gpu.py, benchmarks/RESULTS.md).
+elsewhere. Compiled and timed on an H100 (tests/test_pallas_gpu.py, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ WU_BLOCKS = [True]  # that organisation on GPU (False: the [C, C] one; a `stages
 # per-kernel Triton warps (None: `num_warps`), H100 `experiments.bench.stages --knob
 # delta_chunk.WARPS.wu=1,2,4`: W/U 0.46 ms with 2 warps, 0.61 with 4, 0.67 with 1; the two
 # gradient kernels 0.75 ms with 4 + 4, 0.91 - 1.14 with 8 in either
-WARPS = {"wu": 2, "grad_wy": None, "grad_qk": None}
+WARPS = {"wu": 2, "state": None, "dstate": None, "grad_wy": None, "grad_qk": None}
 
 
 def _gates(c, C, lg_ref, sg_ref, gated, matrix=True):
@@ -75,8 +78,14 @@ def _scaled(x, f):
 # ------------------------------------------------------------------------------------------
 # kernels
 # ------------------------------------------------------------------------------------------
-def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, gated, blocks):
-    # one chunk: k [C, dk]; v [C, dv]; b/lg/sg [C, 1] -> m [C, C] f32; w [C, dk]; u [C, dv]
+def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *kg_ref, C, gated,
+               blocks):
+    # one chunk: k [C, dk]; v [C, dv]; b/lg/sg [C, 1] -> m [C, C] f32; w [C, dk]; u [C, dv];
+    # gated: kg [C, dk] = (G_C / G_t) k_t in k's dtype, the keys as the sequential kernels
+    # use them (their dots would round them so anyway; no gate arithmetic on their chains)
+    if gated:
+        g_to_end = _gates(0, C, lg_ref, sg_ref, gated, matrix=False)[2]
+        kg_ref[0][...] = (g_to_end * k_ref[...].astype(F32)).astype(kg_ref[0].dtype)
     if blocks:
         return _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gated)
     k = k_ref[...]
@@ -90,14 +99,14 @@ def _wu_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, *, C, g
     u_ref[...] = cm.mm(tm, v_ref[...], dt).astype(u_ref.dtype)
 
 
-def _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gated):
-    """`_wu_kernel` in 16 x 16 blocks (GPU): the blocks `A_ij = beta_i (k_i k_j^T) Gam_ij`
-    (j <= i) straight from the refs; the diagonal blocks' inverses `D_i` by 16-row forward
-    substitution; then block forward substitution `X_ij = -D_i sum_{j <= l < i} A_il X_lj`;
-    W and U row block by row block. The same exact substitution as `chunk_inverse`, reordered,
-    with about C / 16 times fewer multiply-adds than its `[C, C]` products (whose work is
-    mostly on the zero blocks above the diagonal). H100, (8, 2048, 16, 128) bf16: 0.46 ms
-    against 0.87 (`experiments.bench.stages --knob delta_chunk.WU_BLOCKS=1,0 --only wu`)."""
+def _inverse_blocks(k_ref, b_ref, lg_ref, sg_ref, m_ref, C, gated):
+    """`(I + A)^{-1}` of one chunk in 16 x 16 blocks (GPU), stored in m_ref; returns the
+    blocks `{(i, j): X_ij}` (j <= i), and the per-block betas and gates, for `_wu_blocks`.
+    The blocks `A_ij = beta_i (k_i k_j^T) Gam_ij` (j <= i) straight from the refs; the
+    diagonal blocks' inverses `D_i` by 16-row forward substitution; then block forward
+    substitution `X_ij = -D_i sum_{j <= l < i} A_il X_lj`. The same exact substitution as
+    `chunk_inverse`, reordered, with about C / 16 times fewer multiply-adds than its `[C, C]`
+    products (whose work is mostly on the zero blocks above the diagonal)."""
     nb = C // SUB
     dt = k_ref.dtype
     r, c = cm.iotas(SUB)
@@ -151,14 +160,26 @@ def _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gate
             x[i, j] = -cm.mm(x[i, i], acc)
     zero = jnp.zeros((SUB, SUB), F32)
     for i in range(nb):
-        w = u = None
         for j in range(nb):
             m_ref[blk[i], blk[j]] = x[i, j] if j <= i else zero
-            if j > i:
-                continue
+    return x, beta, (lg, sg) if gated else None
+
+
+def _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gated):
+    """`_wu_kernel` in 16 x 16 blocks (GPU): `_inverse_blocks`, then W and U row block by row
+    block. H100, (8, 2048, 16, 128) bf16: 0.46 ms against 0.87 for the `[C, C]` form
+    (`experiments.bench.stages --knob delta_chunk.WU_BLOCKS=1,0 --only wu`)."""
+    x, beta, gates = _inverse_blocks(k_ref, b_ref, lg_ref, sg_ref, m_ref, C, gated)
+    nb = C // SUB
+    dt = k_ref.dtype
+    blk = [pl.ds(i * SUB, SUB) for i in range(nb)]
+    for i in range(nb):
+        w = u = None
+        for j in range(i + 1):
             # (re)loaded per use: fewer live registers than keeping every block
             gk = k_ref[blk[j], :]
             if gated:
+                lg, sg = gates
                 gk = (gk.astype(F32) * (sg[j] * jnp.exp(lg[j]))).astype(dt)
             tm = x[i, j] * cm.col_to_row(beta[j])
             tw, tu = cm.mm(tm, gk, dt), cm.mm(tm, v_ref[blk[j], :], dt)
@@ -169,17 +190,17 @@ def _wu_blocks(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, w_ref, u_ref, C, gate
 
 def _state_kernel(k_ref, w_ref, u_ref, lg_ref, sg_ref, h0_ref, vn_ref, hs_ref, ht_ref, *,
                   C, NC, dk, gated):
-    # k, w: [L, dk]; u, vn: [L, BV]; lg/sg: [L, 1]; h0, ht: [dk, BV]; hs: [NC * dk, BV]
+    # k (gated: kg, see `_wu_kernel`), w: [L, dk]; u, vn: [L, BV]; lg/sg: [L, 1]; h0, ht:
+    # [dk, BV]; hs: [NC * dk, BV]
     dt = k_ref.dtype
 
     def body(c, s):
         hs_ref[pl.ds(c * dk, dk), :] = s.astype(hs_ref.dtype)
         sl = pl.ds(c * C, C)
-        _, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
+        g_end = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)[1]
         vn = u_ref[sl, :].astype(F32) - cm.mm(w_ref[sl, :], s, dt)
         vn_ref[sl, :] = vn.astype(vn_ref.dtype)
-        kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
-        return _scaled(s, g_end) + cm.mm_tn(kend, vn, dt)
+        return _scaled(s, g_end) + cm.mm_tn(k_ref[sl, :], vn, dt)
 
     ht_ref[...] = lax.fori_loop(0, NC, body, h0_ref[...].astype(F32))
 
@@ -194,31 +215,36 @@ def _out_kernel(q_ref, k_ref, lg_ref, sg_ref, vn_ref, h_ref, o_ref, *, C, scale,
     o_ref[...] = o.astype(o_ref.dtype)
 
 
-def _dvn_local_kernel(q_ref, k_ref, lg_ref, sg_ref, do_ref, d_ref, *, C, scale, gated):
-    # one chunk and value tile: dVn's state-free part P^T dO, [C, BV] f32
+def _dvn_local_kernel(q_ref, k_ref, lg_ref, sg_ref, do_ref, d_ref, *gq_ref, C, scale, gated):
+    # one chunk and value tile: dVn's state-free part P^T dO, [C, BV] f32; gated: also
+    # gq [C, dk] = scale G_t q_t in q's dtype, the queries as `_dstate_kernel` uses them
     dt = q_ref.dtype
     q = q_ref[...].astype(F32) * scale
-    gam = _gates(0, C, lg_ref, sg_ref, gated)[3]
+    g_col, _, _, gam = _gates(0, C, lg_ref, sg_ref, gated)
+    if gated:
+        gq_ref[0][...] = (g_col * q).astype(gq_ref[0].dtype)
     p = cm.mm_nt(q, k_ref[...], dt) * gam
     d_ref[...] = cm.mm_tn(p, do_ref[...], dt)
 
 
 def _dstate_kernel(q_ref, k_ref, w_ref, lg_ref, sg_ref, do_ref, dl_ref, dht_ref,
                    dvn_ref, dhs_ref, dh0_ref, *, C, NC, dk, scale, gated):
-    # q, k, w: [L, dk]; do, dl (P^T dO), dvn: [L, BV]; dht, dh0: [dk, BV];
-    # dhs: [NC * dk, BV] (adjoint of the state after chunk c)
+    # q, k, w: [L, dk] (gated: gq and kg, see `_dvn_local_kernel` and `_wu_kernel`); do, dl
+    # (P^T dO), dvn: [L, BV]; dht, dh0: [dk, BV]; dhs: [NC * dk, BV] (adjoint of the state
+    # after chunk c)
     dt = q_ref.dtype
 
     def body(i, ds):
         c = NC - 1 - i
         dhs_ref[pl.ds(c * dk, dk), :] = ds.astype(dhs_ref.dtype)
         sl = pl.ds(c * C, C)
-        g_col, g_end, g_to_end, _ = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)
-        kend = _scaled(k_ref[sl, :].astype(F32), g_to_end)
-        dvn = dl_ref[sl, :] + cm.mm(kend, ds, dt)
+        g_end = _gates(c, C, lg_ref, sg_ref, gated, matrix=False)[1]
+        dvn = dl_ref[sl, :] + cm.mm(k_ref[sl, :], ds, dt)
         dvn_ref[sl, :] = dvn.astype(dvn_ref.dtype)
-        gq = _scaled(q_ref[sl, :].astype(F32) * scale, g_col)
-        return (_scaled(ds, g_end) + cm.mm_tn(gq, do_ref[sl, :], dt)
+        # gated: q is `scale G q` already; else the scale goes on the product (no scaled copy
+        # of q on the loop's chain)
+        qdo = cm.mm_tn(q_ref[sl, :], do_ref[sl, :], dt)
+        return (_scaled(ds, g_end) + (qdo if gated else scale * qdo)
                 - cm.mm_tn(w_ref[sl, :], dvn, dt))
 
     dh0_ref[...] = lax.fori_loop(0, NC, body, dht_ref[...].astype(F32))
@@ -338,6 +364,8 @@ def _seq_specs(B, H, Lp, dk, dv, bv, NC, layout):
 
 
 def _wu(ki, vi, bi, lgc, sgc, cfg):
+    """`(inverses, W, U, kg)`: kg the keys of the sequential kernels (gated: `(G_C / G_t) k`,
+    see `_wu_kernel`; else k itself)."""
     C, _, gated, interpret, platform, _, num_warps, layout, _ = cfg
     B, H, Lp, dk = _dims(ki, layout)
     dv = vi.shape[-1]
@@ -346,25 +374,28 @@ def _wu(ki, vi, bi, lgc, sgc, cfg):
     blk_v = _tspec(B, H, Lp, dv, C, dv, layout, lambda b, h, c: (b, h, c, 0))
     blk_1 = cm.block_spec((B, H, Lp, 1), (None, None, C, 1), lambda b, h, c: (b, h, c, 0))
     blk_m = cm.block_spec((B, H, Lp, C), (None, None, C, C), lambda b, h, c: (b, h, c, 0))
-    return cm.pallas_call(
-        platform, functools.partial(_wu_kernel, C=C, gated=gated,
-                                    blocks=(platform == "gpu" and WU_BLOCKS[0] and C % SUB == 0
-                                            and C > SUB)),
+    blocks = platform == "gpu" and WU_BLOCKS[0] and C % SUB == 0 and C > SUB
+    m_shape = jax.ShapeDtypeStruct((B, H, Lp, C), F32)
+    wu_shape = [  # W: only read by dots; U: enters Vn = U - W S, kept f32
+        jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), ki.dtype),
+        jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32)]
+    kg_shape = [jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), ki.dtype)] * gated
+    m, w, u, *kg = cm.pallas_call(
+        platform, functools.partial(_wu_kernel, C=C, gated=gated, blocks=blocks),
         grid=(B, H, NC),  # all parallel
         in_specs=[blk_k, blk_v, blk_1, blk_1, blk_1],
-        out_specs=[blk_m, blk_k, blk_v],
-        out_shape=[jax.ShapeDtypeStruct((B, H, Lp, C), F32),
-                   # W: only read by dots; U: enters Vn = U - W S, kept f32
-                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), ki.dtype),
-                   jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32)],
+        out_specs=[blk_m, blk_k, blk_v] + [blk_k] * gated,
+        out_shape=[m_shape, *wu_shape, *kg_shape],
         interpret=interpret, compiler_params=_params(platform, 3, WARPS["wu"] or num_warps),
         name="lrnn_delta_chunk_wu",
     )(ki, vi, bi, lgc, sgc)
+    return m, w, u, (kg[0] if gated else ki)
 
 
 def _states(ki, w, u, lgc, sgc, h0, cfg):
-    """Also returns the state entering every chunk, stored in the input dtype: its readers
-    (`_out_kernel`, `_grad_kernel`) cast it to that dtype for their dots anyway."""
+    """`(Vn, the state entering every chunk, the final state)` from the keys `kg` of `_wu`
+    (ki here). The chunk states are stored in the input dtype: their readers (`_out_kernel`,
+    the gradient kernels) cast them to that dtype for their dots anyway."""
     C, _, gated, interpret, platform, bv, num_warps, layout, _ = cfg
     B, H, Lp, dk = _dims(ki, layout)
     dv = u.shape[-1]
@@ -378,7 +409,7 @@ def _states(ki, w, u, lgc, sgc, h0, cfg):
         out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), ki.dtype),
                    jax.ShapeDtypeStruct((B, H, NC * dk, dv), ki.dtype),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
-        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        interpret=interpret, compiler_params=_params(platform, 3, WARPS["state"] or num_warps),
         name="lrnn_delta_chunk_state",
     )(ki, w, u, lgc, sgc, h0)
 
@@ -406,20 +437,24 @@ def _dvn_local(qi, ki, lgc, sgc, do, cfg):
     dv = do.shape[-1]
     NC = Lp // C
     ck, c1, cv, _, _, _, _ = _chunk_specs(B, H, Lp, dk, dv, C, NC, bv, layout)
-    return cm.pallas_call(
+    # gq: one block per chunk (the key spec), which every value tile writes (identical values)
+    dl, *gq = cm.pallas_call(
         platform, functools.partial(_dvn_local_kernel, C=C, scale=scale, gated=gated),
         grid=(B, H, NC, dv // bv),  # all parallel
         in_specs=[ck, ck, c1, c1, cv],
-        out_specs=cv,
-        out_shape=jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32),
+        out_specs=[cv] + [ck] * gated,
+        out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), F32)]
+        + [jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dk, layout), qi.dtype)] * gated,
         interpret=interpret, compiler_params=_params(platform, 4, num_warps),
         name="lrnn_delta_chunk_dvn_local",
     )(qi, ki, lgc, sgc, do)
+    return dl, (gq[0] if gated else qi)
 
 
 def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
-    """`(dVn, the adjoint after every chunk, dS0)`; dVn and the adjoints stored in the input
-    dtype (their reader, `_grad_kernel`, casts them to that dtype for its dots anyway)."""
+    """`(dVn, the adjoint after every chunk, dS0)` from the queries `gq` of `_dvn_local` and
+    the keys `kg` of `_wu` (qi, ki here); dVn and the adjoints stored in the input dtype
+    (their readers, the gradient kernels, cast them to that dtype for their dots anyway)."""
     C, scale, gated, interpret, platform, bv, num_warps, layout, _ = cfg
     B, H, Lp, dk = _dims(ki, layout)
     dv = do.shape[-1]
@@ -434,7 +469,8 @@ def _adjoints(qi, ki, w, lgc, sgc, do, dl, dht, cfg):
         out_shape=[jax.ShapeDtypeStruct(_seq_shape(B, H, Lp, dv, layout), qi.dtype),
                    jax.ShapeDtypeStruct((B, H, NC * dk, dv), qi.dtype),
                    jax.ShapeDtypeStruct((B, H, dk, dv), F32)],
-        interpret=interpret, compiler_params=_params(platform, 3, num_warps),
+        interpret=interpret,
+        compiler_params=_params(platform, 3, WARPS["dstate"] or num_warps),
         name="lrnn_delta_chunk_dstate",
     )(qi, ki, w, lgc, sgc, do, dl, dht)
 
@@ -498,18 +534,18 @@ def core(qi, ki, vi, bi, la, sa, h0, cfg):
 def _core_fwd(qi, ki, vi, bi, la, sa, h0, cfg):
     C, gated = cfg[0], cfg[2]
     lgc, sgc = _chunk_cumulative(la, sa, C, gated)
-    m, w, u = _wu(ki, vi, bi, lgc, sgc, cfg)
-    vn, hs, ht = _states(ki, w, u, lgc, sgc, h0, cfg)
+    m, w, u, kg = _wu(ki, vi, bi, lgc, sgc, cfg)
+    vn, hs, ht = _states(kg, w, u, lgc, sgc, h0, cfg)
     o = _outputs(qi, ki, lgc, sgc, vn, hs, cfg)
-    return (o, ht), (qi, ki, vi, bi, la, sa, lgc, sgc, m, w, vn, hs, ht)
+    return (o, ht), (qi, ki, vi, bi, la, sa, lgc, sgc, m, w, kg, vn, hs, ht)
 
 
 def _core_bwd(cfg, res, cts):
-    qi, ki, vi, bi, la, sa, lgc, sgc, m, w, vn, hs, ht = res
+    qi, ki, vi, bi, la, sa, lgc, sgc, m, w, kg, vn, hs, ht = res
     do, dht = cts
     gated = cfg[2]
-    dl = _dvn_local(qi, ki, lgc, sgc, do, cfg)
-    dvn, dhs, dh0 = _adjoints(qi, ki, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
+    dl, gq = _dvn_local(qi, ki, lgc, sgc, do, cfg)
+    dvn, dhs, dh0 = _adjoints(gq, kg, w, lgc, sgc, do, dl, dht.astype(F32), cfg)
     dq, dk, dv, db, dl = _grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, do, cfg)
     dla = gate_grad_tokens(dl, ht, dht) if gated else jnp.zeros_like(la)
     return (dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), db.astype(bi.dtype),

@@ -67,21 +67,21 @@ def delta_chunk_stages(shape, C, bv, nw, gated, reps):
     sa = jnp.ones((B, H, T), F32)
     h0 = jnp.zeros((B, H, D, D), F32)
     lgc, sgc = _chunk_cumulative(la, sa, C, gated)
-    m, w, u = dc._wu(ki, vi, bi, lgc, sgc, cfg)
-    vn, hs, ht = dc._states(ki, w, u, lgc, sgc, h0, cfg)
-    dl = dc._dvn_local(qi, ki, lgc, sgc, doi, cfg)
-    dvn, dhs, dh0 = dc._adjoints(qi, ki, w, lgc, sgc, doi, dl, jnp.zeros_like(ht), cfg)
+    m, w, u, kg = dc._wu(ki, vi, bi, lgc, sgc, cfg)
+    vn, hs, ht = dc._states(kg, w, u, lgc, sgc, h0, cfg)
+    dl, gq = dc._dvn_local(qi, ki, lgc, sgc, doi, cfg)
+    dvn, dhs, dh0 = dc._adjoints(gq, kg, w, lgc, sgc, doi, dl, jnp.zeros_like(ht), cfg)
     dq, dk, dv, db, dlt = dc._grads(qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, doi, cfg)
     st = [
         ("layout in", lambda q, k, v, b: (lay(q), lay(k[:, :, :, 0]), lay(v[:, :, :, 0]),
                                           _layout(b)), (q, k, v, beta)),
         ("chunk_cumulative", lambda la, sa: _chunk_cumulative(la, sa, C, gated), (la, sa)),
         ("wu", lambda *a: dc._wu(*a, cfg), (ki, vi, bi, lgc, sgc)),
-        ("states", lambda *a: dc._states(*a, cfg), (ki, w, u, lgc, sgc, h0)),
+        ("states", lambda *a: dc._states(*a, cfg), (kg, w, u, lgc, sgc, h0)),
         ("out", lambda *a: dc._outputs(*a, cfg), (qi, ki, lgc, sgc, vn, hs)),
         ("dvn_local", lambda *a: dc._dvn_local(*a, cfg), (qi, ki, lgc, sgc, doi)),
         ("dstates", lambda *a: dc._adjoints(*a, cfg),
-         (qi, ki, w, lgc, sgc, doi, dl, jnp.zeros_like(ht))),
+         (gq, kg, w, lgc, sgc, doi, dl, jnp.zeros_like(ht))),
         ("grads", lambda *a: dc._grads(*a, cfg),
          (qi, ki, vi, bi, lgc, sgc, m, hs, dhs, vn, dvn, doi)),
         ("layout out (x4)", lambda a, b, c, d: (lay(a), lay(b), lay(c.astype(q.dtype)),
