@@ -274,8 +274,9 @@ def _grad_wy_kernel(k_ref, v_ref, b_ref, lg_ref, sg_ref, m_ref, h_ref, dvn_ref,
         dl_ref[0][...] = -jnp.sum(v_ref[...].astype(F32) * dv, axis=1, keepdims=True)
     # W = Tm (G k), Vn = U - W S0 (dW rounded to the dot dtype once, as each use would)
     dw = (-cm.mm_nt(dvn, h_ref[...], dt)).astype(dt)  # [C, dk]
-    gk = k if g_col is None else (g_col * k.astype(F32)).astype(dt)
-    dtm = cm.mm_nt(dw, gk, dt) + cm.mm_nt(dvn, v_ref[...], dt)  # [C, C]
+    # dW (G k)^T with G on the product's columns (no scaled copy of k)
+    dtm = (_scaled(cm.mm_nt(dw, k, dt), None if g_col is None else cm.col_to_row(g_col))
+           + cm.mm_nt(dvn, v_ref[...], dt))  # [C, C]
     # Tm = Minv diag(beta), Minv = (I + A)^{-1}, A = strict_lower(beta (k k^T) Gam)
     db_r = jnp.sum(dtm * minv, axis=0, keepdims=True)  # [1, C]
     dm = -cm.mm_tn(minv, cm.mm_nt(dtm * beta_r, minv))  # -Minv^T dMinv Minv^T (f32)
