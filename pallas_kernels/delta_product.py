@@ -385,8 +385,8 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         the state products (`Vn = U - W S`, `S <- G S + K^T Vn`, and their adjoints), the
         inverse, W, U, the outputs and the gradients come from chunk-parallel kernels (fla's
         chunk_delta_rule organisation). Same results. None (default): on for 16-bit inputs on
-        a GPU, where it is the faster path (H200, DeltaNet bf16 fwd+bwd at (8, 2048, 16, 128):
-        2.37 ms against 4.25 ms, benchmarks/RESULTS.md), off elsewhere (f32 on GPU not timed;
+        a GPU, where it is the faster path (H100, DeltaNet bf16 fwd+bwd at (8, 2048, 16, 128):
+        1.70 ms against 4.86 ms, benchmarks/RESULTS.md), off elsewhere (f32 on GPU not timed;
         TPU not measured). `precompute_inverse` does not apply.
       block_v_chunk: with `chunk_parallel`, the value tile of the chunk-parallel kernels
         (default: the whole value dim up to 128; `block_v` tiles the sequential ones).

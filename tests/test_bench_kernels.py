@@ -35,3 +35,24 @@ def test_later_raw_rows_replace_earlier_ones():
     assert [(r["op"], r["res"] and r["res"]["fwd"]) for r in rows] == [("gla", 2.0),
                                                                         ("deltanet", None)]
     assert rows[0]["remeasured"] == "10:00" and "remeasured" not in rows[1]
+
+
+def test_report_names_the_remeasuring_raws(tmp_path, monkeypatch):
+    """`report` with more than two raws: the command line of the section says which rows the
+    later raws measured again, and the table carries their numbers."""
+    import json
+
+    meta = dict(device="test GPU", jax="0", date="09:00")
+    raws = {"a.json": dict(meta=meta, rows=_rows(1.0)), "b.json": dict(meta=meta, rows=[]),
+            "c.json": dict(meta=dict(meta, date="10:00"), rows=_rows(2.0)[:1])}
+    for name, raw in raws.items():
+        (tmp_path / name).write_text(json.dumps(raw))
+    out = tmp_path / "RESULTS.md"
+    monkeypatch.setattr("sys.argv", ["kernels", "report", "--raw",
+                                     ",".join(str(tmp_path / n) for n in raws),
+                                     "--out", str(out)])
+    kernels.main()
+    text = out.read_text()
+    assert ("the re-measured rows: `... kernels --no-chunked --no-diag --impls pallas --ops gla "
+            "--shapes 0 --raw c.json`") in text
+    assert "| gla | 8, 2048, 16, 128 | pallas-chunk (measured 10:00) | 2.000 | 6.000 |" in text

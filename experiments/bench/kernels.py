@@ -337,7 +337,11 @@ def main():
                 diag = json.load(fh)
         meta = dict(raws[-1]["meta"])
         base = os.path.basename
-        meta["sources"] = dict(raw=[base(p) for p in a.raw.split(",")],
+        # raws after the first two re-measure some rows: say which, for the command line
+        again = [dict(raw=base(p), ops=sorted({r["op"] for r in rw["rows"]}),
+                      shapes=sorted({SHAPES.index(tuple(r["shape"])) for r in rw["rows"]}))
+                 for p, rw in list(zip(a.raw.split(","), raws))[2:]]
+        meta["sources"] = dict(raw=[base(p) for p in a.raw.split(",")], again=again,
                                **({"diag": base(a.diag_json)} if a.diag_json else {}),
                                **({"fla": base(a.fla_json)} if a.fla_json else {}))
         if len(raws) > 1:
@@ -426,11 +430,16 @@ def write_results(path, rows, fla, diag, meta):
         "- commands (device tool, one call each for the 10-minute limit; raw JSONs in "
         "benchmarks/kernels/): `PYTHONPATH=$PWD python3 -m experiments.bench.kernels "
         f"--no-chunked --no-diag --shapes 0 --raw {raws[0]}`, the same with `--shapes 1 --raw "
-        f"{raws[-1]}`, `... kernels diag --raw {src.get('diag', 'diag.json')}` and, in its own "
+        f"{raws[min(1, len(raws) - 1)]}`, `... kernels diag --raw "
+        f"{src.get('diag', 'diag.json')}` and, in its own "
         f"process, `... kernels fla-bench --fla-json {src.get('fla', 'fla.json')}`; then "
         f"`python3 -m experiments.bench.kernels report --raw {','.join(raws)} --diag-json "
         f"{src.get('diag', 'diag.json')} --fla-json {src.get('fla', 'fla.json')}` (a row "
-        "measured again in a later raw replaces the earlier one and names its time)",
+        "measured again in a later raw replaces the earlier one and names its time)"
+        + ("; the re-measured rows: " + ", ".join(
+            f"`... kernels --no-chunked --no-diag --impls pallas --ops {','.join(g['ops'])} "
+            f"--shapes {','.join(map(str, g['shapes']))} --raw {g['raw']}`"
+            for g in src["again"]) if src.get("again") else ""),
         "- bf16 inputs, f32 accumulation; median ms; ratio = fla time / our time "
         "(> 1: we are faster); peak = arguments + outputs + temporaries of the fwd+bwd "
         "program (XLA memory analysis) / `torch.cuda.max_memory_allocated` for fla",
