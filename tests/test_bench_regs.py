@@ -2,7 +2,7 @@
 compile step needs the `triton` package, which is not a dependency: it runs by hand)."""
 
 from experiments.bench.regs import capture_ttir
-from pallas_kernels import gla_chunk
+from pallas_kernels import delta_chunk, gla_chunk
 
 
 def test_capture_ttir_gla_every_kernel_with_its_warps():
@@ -20,5 +20,8 @@ def test_capture_ttir_gla_every_kernel_with_its_warps():
 
 def test_capture_ttir_delta_every_kernel():
     mods = capture_ttir("delta", shape=(1, 128, 2, 64))
-    names = {"wu", "state", "out", "dvn_local", "dstate", "grad"}
+    names = {"wu", "state", "out", "dvn_local", "dstate", "grad_wy", "grad_qk"}
     assert set(mods) == {f"lrnn_delta_chunk_{n}" for n in names}
+    # the W/U kernel runs with its own warps (delta_chunk.WARPS), the others with the default 4
+    assert mods["lrnn_delta_chunk_wu"][1] == (delta_chunk.WARPS["wu"] or 4)
+    assert mods["lrnn_delta_chunk_grad_qk"][1] == (delta_chunk.WARPS["grad_qk"] or 4)
