@@ -1,16 +1,22 @@
-"""Runs a grid of training runs (tasks x models x eigenvalue ranges x seeds) and tabulates them.
+"""Runs a grid of training runs (tasks x models x eigenvalue ranges [x n_h] x seeds) and
+tabulates them.
 
     python -m experiments.reproduce --preset cpu --seeds 0 1 2 --out runs/repro_cpu
-    python -m experiments.reproduce --preset paper --jobs 8 --out runs/repro_paper   # a GPU
+    python -m experiments.reproduce --preset paper --jobs 4 --out runs/repro_paper   # a GPU
+    python -m experiments.reproduce --runs s3:deltaproduct:signed:2 s3:deltaproduct:signed:1 \\
+        --preset paper --seeds 0 1 2 --out runs/s3
     python -m experiments.reproduce --runs parity:diagonal:unit parity:diagonal:signed \\
         --preset cpu --seeds 0 --out runs/x -- --steps 500        # extra flags after --
 
-Each run is ``python -m experiments.train --task T --model M --eigen E --preset P --seed S
---out OUT/T-M-E-sS [extra]`` in its own process (``--jobs`` at a time; output in
-``OUT/T-M-E-sS/train.log``). A rerun resumes unfinished runs from their checkpoints and skips
-finished ones. At the end it writes ``OUT/summary.md`` / ``summary.json`` (mean accuracy over
-the test lengths and scaled accuracy per seed, the best of the seeds, and Grazzi et al.'s
-number, which is a best of 3 seeds) and ``OUT/summary.png``.
+A grid row is ``TASK:MODEL:EIGEN`` or ``TASK:MODEL:EIGEN:N_H``. Each row's seeds train as one
+vmapped ensemble in one process: ``python -m experiments.train --task T --model M --eigen E
+[--n-h N] --preset P --seeds S1 S2 ... --out OUT/T-M-E[-nhN] [extra]`` (``--jobs`` rows at a
+time; output in ``OUT/<row>/train.log``), which writes one complete run per seed,
+``OUT/<row>/seed_<s>``. A rerun resumes unfinished rows from their checkpoints and skips
+finished ones; a row whose process fails makes the grid exit with status 1. At the end it
+writes ``OUT/summary.md`` / ``summary.json`` (mean accuracy over the test lengths with its 95%
+interval and the scaled accuracy per seed, the best and the mean of the seeds, and the published
+number where there is one: Grazzi et al.'s is a best of 3 seeds) and ``OUT/summary.png``.
 """
 
 from __future__ import annotations
@@ -52,26 +58,59 @@ DEFAULT_RUNS = (
 )
 
 
-def parse_run(spec: str) -> tuple[str, str, str]:
+def parse_run(spec: str) -> tuple:
+    """``TASK:MODEL:EIGEN`` or ``TASK:MODEL:EIGEN:N_H`` -> a tuple (names checked)."""
     parts = spec.split(":")
-    if len(parts) != 3 or parts[2] not in ("unit", "signed"):
+    if len(parts) not in (3, 4) or parts[2] not in ("unit", "signed"):
         raise argparse.ArgumentTypeError(
-            f"--runs entries are TASK:MODEL:EIGEN with EIGEN unit|signed, got {spec!r}"
+            f"--runs entries are TASK:MODEL:EIGEN[:N_H] with EIGEN unit|signed, got {spec!r}"
         )
-    return parts[0], parts[1], parts[2]
+    from experiments.models import model_names
+    from experiments.tasks import is_task, task_names
+
+    task, model = parts[0], parts[1]
+    if not is_task(task):
+        raise argparse.ArgumentTypeError(f"--runs {spec!r}: unknown task {task!r}; valid tasks: "
+                                         f"{', '.join(task_names())}")
+    if model not in model_names():
+        raise argparse.ArgumentTypeError(f"--runs {spec!r}: unknown model {model!r}; valid "
+                                         f"models: {', '.join(model_names())}")
+    if len(parts) == 4:
+        if not parts[3].isdigit() or int(parts[3]) < 1:
+            raise argparse.ArgumentTypeError(f"--runs {spec!r}: N_H must be a positive integer")
+        return task, model, parts[2], int(parts[3])
+    return task, model, parts[2]
 
 
-def run_dir(out: Path, task: str, model: str, eigen: str, seed: int) -> Path:
-    return out / f"{task}-{model}-{eigen}-s{seed}"
+def row_name(row: tuple) -> str:
+    task, model, eigen = row[:3]
+    return f"{task}-{model}-{eigen}" + (f"-nh{row[3]}" if len(row) > 3 else "")
 
 
-def _train(out: Path, task, model, eigen, seed, preset, extra, timeout) -> dict:
-    d = run_dir(out, task, model, eigen, seed)
+def run_dir(out: Path, task: str, model: str, eigen: str, seed: int, n_h: int | None = None
+            ) -> Path:
+    """Where the seed's run of a grid row lives: ``OUT/<row>/seed_<seed>``."""
+    row = (task, model, eigen) + (() if n_h is None else (n_h,))
+    return out / row_name(row) / f"seed_{seed}"
+
+
+def _row_dirs(out: Path, row: tuple, seeds) -> list[Path]:
+    return [run_dir(out, *row[:3], s, *row[3:]) for s in seeds]
+
+
+def _train(out: Path, row: tuple, seeds, preset, extra, timeout) -> dict:
+    d = out / row_name(row)
+    if d.is_symlink() or any(p.is_symlink() for p in _row_dirs(out, row, seeds)):
+        return {"dir": str(d), "status": "refused: a run directory is a symbolic link",
+                "seconds": 0.0, "ok": False}
+    if all((p / "eval.json").exists() for p in _row_dirs(out, row, seeds)):
+        return {"dir": str(d), "status": "done before", "seconds": 0.0, "ok": True}
     d.mkdir(parents=True, exist_ok=True)
-    if (d / "eval.json").exists():
-        return {"dir": str(d), "status": "done before", "seconds": 0.0}
+    task, model, eigen = row[:3]
     cmd = [sys.executable, "-m", "experiments.train", "--task", task, "--model", model,
-           "--eigen", eigen, "--seed", str(seed), "--out", str(d), "--no-progress"]
+           "--eigen", eigen, "--seeds", *map(str, seeds), "--out", str(d), "--no-progress"]
+    if len(row) > 3:
+        cmd += ["--n-h", str(row[3])]
     if preset:
         cmd += ["--preset", preset]
     cmd += list(extra)
@@ -82,43 +121,53 @@ def _train(out: Path, task, model, eigen, seed, preset, extra, timeout) -> dict:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 timeout=timeout or None).returncode
-            status = "ok" if rc == 0 else f"exit {rc}"
+            status, ok = ("ok", True) if rc == 0 else (f"exit {rc}", False)
         except subprocess.TimeoutExpired:
-            status = f"timed out after {timeout} s (rerun to resume)"
-    return {"dir": str(d), "status": status, "seconds": time.time() - t0}
+            status, ok = f"timed out after {timeout} s (rerun to resume)", False
+    return {"dir": str(d), "status": status, "seconds": time.time() - t0, "ok": ok}
 
 
 def _last_metrics(d: Path) -> dict:
-    p = d / "metrics.jsonl"
-    if not p.exists():
-        return {}
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    from experiments.train import _read_metrics  # tolerates a torn last line
+
+    recs = _read_metrics(d / "metrics.jsonl")
+    return recs[-1] if recs else {}
 
 
 def summarise(out: Path, runs, seeds) -> list[dict]:
     rows = []
-    for task, model, eigen in runs:
+    for row in runs:
+        task, model, eigen = row[:3]
         per_seed = []
-        for s in seeds:
-            d = run_dir(out, task, model, eigen, s)
+        for s, d in zip(seeds, _row_dirs(out, row, seeds)):
             ev = d / "eval.json"
             last = _last_metrics(d)
+            rec = {"seed": s, "mean_accuracy": None, "mean_accuracy_ci": None,
+                   "scaled_accuracy": None, "sequences": None, "steps": last.get("step")}
             if ev.exists():
                 e = json.loads(ev.read_text())
-                per_seed.append({"seed": s, "mean_accuracy": e["mean_accuracy"],
-                                 "scaled_accuracy": e["scaled_accuracy"],
-                                 "steps": last.get("step")})
-            else:
-                per_seed.append({"seed": s, "mean_accuracy": None, "scaled_accuracy": None,
-                                 "steps": last.get("step")})
+                rec.update(mean_accuracy=e["mean_accuracy"], scaled_accuracy=e["scaled_accuracy"],
+                           mean_accuracy_ci=e.get("mean_accuracy_ci"),
+                           sequences=e.get("sequences"))
+                if "sequence_accuracy" in e:  # per-token tasks: DeltaProduct's metric
+                    conf = json.loads((d / "config.json").read_text())
+                    L = conf["length"] or conf["train_max"]
+                    if L in e["lengths"]:
+                        rec["sequence_accuracy_at_train"] = e["sequence_accuracy"][
+                            e["lengths"].index(L)]
+                    rec["train_length"] = L
+                    rec["length_90"] = e["length_90"]
+            per_seed.append(rec)
         done = [r for r in per_seed if r["scaled_accuracy"] is not None]
         best = max(done, key=lambda r: r["scaled_accuracy"]) if done else None
         rows.append({
-            "task": task, "model": model, "eigen": eigen, "seeds": per_seed,
+            "task": task, "model": model, "eigen": eigen,
+            "n_h": row[3] if len(row) > 3 else None, "seeds": per_seed,
             "best_seed": None if best is None else best["seed"],
             "best_mean_accuracy": None if best is None else best["mean_accuracy"],
             "best_scaled_accuracy": None if best is None else best["scaled_accuracy"],
+            "mean_scaled_accuracy": (round(sum(r["scaled_accuracy"] for r in done) / len(done), 6)
+                                     if done else None),
             "paper_scaled_accuracy": PAPER.get((task, model, eigen)),
         })
     return rows
@@ -130,15 +179,32 @@ def _fmt(x, nd=3):
 
 def write_summary(out: Path, rows, header: str) -> None:
     lines = [header, "",
-             "| task | model | eigenvalues | mean acc per seed | scaled per seed | best scaled "
-             "| paper (best of 3) |",
-             "|---|---|---|---|---|---:|---:|"]
+             "| task | model | eigenvalues | n_h | mean acc per seed [95% CI] | scaled per seed "
+             "| best scaled | mean scaled | paper (best of 3) |",
+             "|---|---|---|---|---|---|---:|---:|---:|"]
     for r in rows:
         rng = "[0, 1]" if r["eigen"] == "unit" else "[-1, 1]"
-        accs = " / ".join(_fmt(s["mean_accuracy"]) for s in r["seeds"])
+        accs = " / ".join(_fmt(s["mean_accuracy"]) + (
+            f" [{_fmt(s['mean_accuracy_ci'][0])}, {_fmt(s['mean_accuracy_ci'][1])}]"
+            if s.get("mean_accuracy_ci") else "") for s in r["seeds"])
         scaled = " / ".join(_fmt(s["scaled_accuracy"]) for s in r["seeds"])
-        lines.append(f"| {r['task']} | {r['model']} | {rng} | {accs} | {scaled} | "
-                     f"{_fmt(r['best_scaled_accuracy'])} | {_fmt(r['paper_scaled_accuracy'])} |")
+        nh = "-" if r.get("n_h") is None else str(r["n_h"])
+        lines.append(f"| {r['task']} | {r['model']} | {rng} | {nh} | {accs} | {scaled} | "
+                     f"{_fmt(r['best_scaled_accuracy'])} | {_fmt(r.get('mean_scaled_accuracy'))} "
+                     f"| {_fmt(r['paper_scaled_accuracy'])} |")
+    per_token = [r for r in rows if any("length_90" in s for s in r["seeds"])]
+    if per_token:
+        lines += ["", "Group word problems (per-token labels): the fraction of test sequences "
+                  "right at every position up to the training length, and the longest length "
+                  "up to which at least 90% of them are right (`length_90`), per seed.", "",
+                  "| task | model | eigenvalues | n_h | all correct up to the train length "
+                  "| length_90 |", "|---|---|---|---|---|---|"]
+        for r in per_token:
+            rng = "[0, 1]" if r["eigen"] == "unit" else "[-1, 1]"
+            at = " / ".join(_fmt(s.get("sequence_accuracy_at_train")) for s in r["seeds"])
+            l90 = " / ".join(str(s.get("length_90", "-")) for s in r["seeds"])
+            nh = "-" if r.get("n_h") is None else str(r["n_h"])
+            lines.append(f"| {r['task']} | {r['model']} | {rng} | {nh} | {at} | {l90} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     try:
@@ -149,7 +215,8 @@ def write_summary(out: Path, rows, header: str) -> None:
     except ImportError:  # matplotlib is a dev extra: the table is the result
         return
     labels = [f"{r['task'].replace('modular_arithmetic', 'mod')}\n{r['model']} "
-              f"{'[0,1]' if r['eigen'] == 'unit' else '[-1,1]'}" for r in rows]
+              f"{'[0,1]' if r['eigen'] == 'unit' else '[-1,1]'}"
+              + ("" if r.get("n_h") is None else f" nh{r['n_h']}") for r in rows]
     ours = [r["best_scaled_accuracy"] or 0.0 for r in rows]
     paper = [r["paper_scaled_accuracy"] or 0.0 for r in rows]
     x = range(len(rows))
@@ -176,10 +243,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory of the runs and the summary")
-    p.add_argument("--preset", default="cpu", help="preset of every run (cpu, paper, tiny)")
+    p.add_argument("--preset", default="cpu",
+                   help="preset of every run (cpu, paper, slice, tiny)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", type=parse_run, nargs="+", default=None,
-                   help="TASK:MODEL:EIGEN entries (default: the README's reproduction rows)")
+                   help="TASK:MODEL:EIGEN[:N_H] entries (default: the README's reproduction rows)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="runs at a time")
     p.add_argument("--timeout", type=float, default=0.0,
@@ -187,18 +255,22 @@ def main(argv=None) -> int:
     p.add_argument("--summary-only", action="store_true", help="only tabulate existing runs")
     args = p.parse_args(argv)
     runs = args.runs or [parse_run(s) for s in DEFAULT_RUNS]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds has repeated seeds: {args.seeds}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
     if not args.summary_only:
-        jobs = [(t, m, e, s) for (t, m, e) in runs for s in args.seeds]
         t0 = time.time()
         with cf.ThreadPoolExecutor(args.jobs) as pool:
-            futs = {pool.submit(_train, out, t, m, e, s, args.preset, extra, args.timeout):
-                    (t, m, e, s) for (t, m, e, s) in jobs}
-            for f in tqdm(cf.as_completed(futs), total=len(futs), desc="runs"):
+            futs = {pool.submit(_train, out, row, args.seeds, args.preset, extra, args.timeout):
+                    row for row in runs}
+            for f in tqdm(cf.as_completed(futs), total=len(futs), desc="grid rows"):
                 r = f.result()
+                if not r["ok"]:
+                    failed.append(r)
                 tqdm.write(f"{Path(r['dir']).name}: {r['status']} ({r['seconds']:.0f} s)")
         print(f"all runs: {time.time() - t0:.0f} s wall")
     rows = summarise(out, runs, args.seeds)
@@ -206,12 +278,16 @@ def main(argv=None) -> int:
     header = (f"# Reproduction: preset {args.preset}, seeds {args.seeds}{extra_s}\n\n"
               f"Command: `python -m experiments.reproduce --preset {args.preset} --seeds "
               f"{' '.join(map(str, args.seeds))}"
-              f"{' --runs ' + ' '.join(':'.join(r) for r in runs) if args.runs else ''}"
+              f"{' --runs ' + ' '.join(':'.join(map(str, r)) for r in runs) if args.runs else ''}"
               f" --out {args.out}"
               f"{' -- ' + ' '.join(extra) if extra else ''}`. Mean accuracy over the test "
               "lengths; scaled = (acc - chance) / (1 - chance).")
     write_summary(out, rows, header)
     print((out / "summary.md").read_text())
+    if failed:
+        for r in failed:
+            print(f"error: {r['dir']}: {r['status']} (see its train.log)", file=sys.stderr)
+        return 1
     return 0
 
 

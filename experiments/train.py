@@ -5,11 +5,18 @@ Usage::
     python -m experiments.train --task parity --model diagonal --eigen signed --preset cpu \
         --out runs/parity_signed
 
-Writes ``OUT/config.json``, ``OUT/metrics.jsonl`` (step, loss, accuracy, lr, seconds), orbax
-checkpoints in ``OUT/checkpoints/``, and at the end ``OUT/eval.json`` (accuracy per test
-length, mean and scaled accuracy) and ``OUT/eval.png``. Rerunning the same command on an
-``OUT`` with checkpoints resumes from the latest one; the data of step ``i`` is drawn from
+Writes ``OUT/config.json``, ``OUT/metrics.jsonl`` (step, loss, accuracy, lr, seconds, and
+``val_accuracy`` at validations), orbax checkpoints in ``OUT/checkpoints/``, and at the end
+``OUT/eval.json`` (accuracy per test length with the number of sequences and 95% Wilson
+intervals, mean and scaled accuracy; for group word problems also the fraction of sequences
+correct up to each length) and ``OUT/eval.png``. Rerunning the same command on an ``OUT`` with
+checkpoints resumes from the latest one; the data of step ``i`` is drawn from
 ``fold_in(key, i)``, so a resumed run ends with the same parameters as an uninterrupted one.
+
+Seed ensembles: ``--seeds 0 1 2 --out D`` trains the three seeds in one process as one vmapped
+model (parameters, optimiser states and data keys stacked) and writes ``D/seed_0``, ... , each a
+complete single run (its own config.json with its seed) equal to ``--seed s --out D/seed_s`` up
+to float rounding. The ensemble resumes like a single run.
 
 The train step follows STYLE rule 9: the model is split once into a graph definition and
 state (``nnx.split``), and a pure function of the state is jitted with the state donated.
@@ -36,6 +43,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from experiments.common.flat import ParamLayout
 from experiments.common.mesh import check_supported, data_size, make_mesh, parse_mesh
 from experiments.configs import Config, apply_preset
 from experiments.models import build_model
@@ -43,13 +51,22 @@ from experiments.tasks import accuracy, get_task, masked_cross_entropy
 from lrnn import parallel  # [parallel]
 
 __all__ = [
+    "seed_configs",
+    "check_config",
     "make_task",
     "make_optimizer",
     "init_state",
+    "init_ensemble",
+    "data_keys",
+    "train_batch",
     "make_train_step",
     "train",
+    "Evaluator",
+    "evaluate",
     "evaluate_lengths",
     "eval_summary",
+    "per_token_summary",
+    "wilson",
     "run",
     "parse_args",
     "main",
@@ -59,17 +76,88 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------
+def seed_configs(cfg: Config) -> list[Config]:
+    """The single runs of ``cfg``: itself, or with ``seeds`` one per seed in ``OUT/seed_<s>``
+    (each a complete single-run config: its own seed, no ``seeds``)."""
+    if not cfg.seeds:
+        return [cfg]
+    return [dataclasses.replace(cfg, seed=int(s), seeds=(), out=str(Path(cfg.out) / f"seed_{s}"))
+            for s in cfg.seeds]
+
+
 def make_task(cfg: Config):
     """The task of ``cfg`` with the config's size overrides (0 keeps the task default)."""
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.task_format)
     tr, te = task.train_sizes, task.test_sizes
-    task.train_sizes = (cfg.train_min or tr[0], cfg.train_max or tr[1])
-    task.test_sizes = (cfg.test_min or te[0], cfg.test_max or te[1])
+    if cfg.length:
+        # per-token tasks: words of length L, scored at every position 1..L
+        first = 1 if getattr(task, "per_token", False) else cfg.length
+        task.train_sizes, task.test_sizes = (cfg.length, cfg.length), (first, cfg.length)
+    else:
+        task.train_sizes = (cfg.train_min or tr[0], cfg.train_max or tr[1])
+        task.test_sizes = (cfg.test_min or te[0], cfg.test_max or te[1])
+    for name, (lo, hi) in (("train", task.train_sizes), ("test", task.test_sizes)):
+        if not 1 <= lo <= hi:
+            raise ValueError(f"{name} lengths must satisfy 1 <= min <= max, got {lo}..{hi} "
+                             f"(--{name}-min / --{name}-max)")
+    if cfg.holdout or cfg.aux_batch:
+        if not getattr(task, "per_token", False):
+            raise ValueError(f"--holdout and --aux-batch need a group word problem, not "
+                             f"task {cfg.task!r}")
+        task.holdout = cfg.holdout
+        if cfg.holdout:
+            lengths = set(range(task.train_sizes[0], task.train_sizes[1] + 1))
+            lengths |= {task.test_sizes[1]} | ({cfg.aux_length} if cfg.aux_batch else set())
+            task.check_split(sorted(lengths))
+    if cfg.val_every and task.kind != "tokens":
+        raise ValueError(f"--val-every needs a token task; {task.name!r} is {task.kind!r}")
     return task
 
 
-def make_optimizer(cfg: Config):
-    """AdamW with linear warmup then cosine decay to ``end_lr_ratio * lr``, after clipping."""
+def check_config(cfg: Config) -> None:
+    """Checks the fields the training loop reads before anything is built or written."""
+    positive = ("steps", "batch", "log_every", "ckpt_every", "keep_checkpoints",
+                "eval_per_length", "eval_batch", "val_size")
+    for name in positive:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    for name in ("train_samples", "aux_batch", "val_every", "length"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.train_samples and cfg.train_samples < cfg.batch:
+        raise ValueError(f"--train-samples {cfg.train_samples} must be at least the batch "
+                         f"({cfg.batch}) or 0 (fresh data)")
+    if cfg.aux_batch and cfg.aux_length < 1:
+        raise ValueError(f"--aux-length must be >= 1, got {cfg.aux_length}")
+    if not 0.0 <= cfg.early_stop <= 1.0:
+        raise ValueError(f"--early-stop must be a validation accuracy in [0, 1], got "
+                         f"{cfg.early_stop}")
+    if cfg.early_stop and not cfg.val_every:
+        raise ValueError("--early-stop needs --val-every (steps between validations)")
+    if cfg.dropout and "seq" in cfg.mesh:
+        raise ValueError("--dropout with a seq mesh axis would repeat one mask on every time "
+                         "shard; drop one of them")
+    if cfg.seeds:
+        if len(set(cfg.seeds)) != len(cfg.seeds):
+            raise ValueError(f"--seeds has repeated seeds: {list(cfg.seeds)}")
+        if cfg.mesh:
+            raise ValueError("--seeds trains the ensemble on one device; drop --mesh")
+
+
+def _decays(cfg: Config):
+    """``path -> bool``: whether a parameter gets weight decay (not if a part of its path is
+    in ``cfg.no_decay``)."""
+    exempt = set(cfg.no_decay)
+    return lambda path: not exempt & {_key_name(k) for k in path}
+
+
+def make_optimizer(cfg: Config, layout: ParamLayout | None = None):
+    """AdamW with linear warmup then cosine decay to ``end_lr_ratio * lr``, after clipping.
+
+    Parameters whose path contains a name in ``cfg.no_decay`` get no weight decay. With a
+    ``layout`` the optimiser acts on the packed parameters (``experiments.common.flat``).
+    """
     warmup = min(cfg.warmup, max(cfg.steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -78,17 +166,32 @@ def make_optimizer(cfg: Config):
         decay_steps=max(cfg.steps, warmup + 1),
         end_value=cfg.lr * cfg.end_lr_ratio,
     )
+    mask = None
+    if cfg.no_decay:
+        if layout is not None:
+            mask = layout.decay_mask()
+        else:
+            decays = _decays(cfg)
+
+            def mask(params):
+                return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+
     parts = [optax.clip_by_global_norm(cfg.clip)] if cfg.clip > 0 else []
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                             mask=mask))
     return optax.chain(*parts), schedule
 
 
-def batch_sharding(mesh):
-    """Sharding of a batch array: leading (batch) axis over ``data``.
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
 
-    Extension point for sequence sharding: a ``seq`` axis would shard axis 1 here and the
-    model would call ``lrnn.parallel`` for its recurrences.
-    """
+
+def batch_sharding(mesh):
+    """Sharding of a batch array: leading (batch) axis over ``data`` (time over ``seq`` is
+    handled by :func:`model_forward`)."""
     if mesh is None:
         return None
     return NamedSharding(mesh, jax.P("data"))
@@ -113,19 +216,20 @@ def pad_time(arrays, multiple: int):
     return tuple(jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)) for a in arrays)
 
 
-def model_forward(model, inputs, mesh):
+def model_forward(model, inputs, mesh, dropout_key=None):
     """``model(inputs)``; with a ``seq`` axis, inside ``lrnn.parallel.sequence_sharded``.
 
     Batch over ``data`` (if the mesh has it), time over ``seq``: the mixers pass the axis to
     their ops and the causal convolutions exchange a halo (``lrnn.parallel``).
     """
+    kw = {} if dropout_key is None else {"dropout_key": dropout_key}
     if seq_size(mesh) == 1:
-        return model(inputs)
+        return model(inputs, **kw)
     batch_axis = "data" if "data" in mesh.axis_names else None
     # check_vma=False: the Pallas kernels (implementation "pallas" / "auto" on GPU and TPU)
     # run per shard, and jax's Pallas interpreter cannot carry shard_map's varying-axes
     # types; the sharded run's equality with the single-device run is tested instead.
-    fn = parallel.sequence_sharded(lambda x: model(x), mesh, "seq", batch_axis=batch_axis,
+    fn = parallel.sequence_sharded(lambda x: model(x, **kw), mesh, "seq", batch_axis=batch_axis,
                                    pass_axis_name=False, check_vma=False)
     return fn(inputs)
 # [parallel] end
@@ -144,23 +248,93 @@ def init_state(cfg: Config, task, mesh=None):
     return graphdef, rest, state, tx, schedule
 
 
-def make_train_step(cfg: Config, task, graphdef, tx, schedule, mesh=None):
-    """A jitted ``(state, rest, data_key) -> (state, metrics)``, state donated."""
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree, i: int):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def init_ensemble(cfgs: list[Config], task):
+    """:func:`init_state` of each seed's config, stacked along a leading seed axis."""
+    parts = [init_state(c, task) for c in cfgs]
+    graphdef, _, _, tx, schedule = parts[0]
+    return graphdef, _stack([p[1] for p in parts]), _stack([p[2] for p in parts]), tx, schedule
+
+
+def data_keys(cfgs: list[Config]) -> jax.Array:
+    """The data keys of an ensemble's seeds, stacked (each the single run's key)."""
+    return jnp.stack([jax.random.key(c.seed + 1) for c in cfgs])
+
+
+_VAL_LENGTHS = 20261202  # seed of the validation lengths
+# fold_in offsets of the keys that are not a step's data key (steps never reach them)
+_POOL, _DROPOUT, _AUX = 2**31 - 1, 2**31 - 2, 2**31 - 3
+
+
+def train_batch(cfg: Config, task, data_key, step):
+    """The training batch of ``step``: ``task.train_batch`` from ``fold_in(data_key, step)``,
+    or with ``train_samples = N`` the step's slice of a fixed set of N sequences, visited in a
+    new random order each epoch (example ``j`` of the set is drawn from its own key)."""
+    key = jax.random.fold_in(data_key, step)
+    if not cfg.train_samples:
+        return task.train_batch(key, cfg.batch)
+    N, B = cfg.train_samples, cfg.batch
+    pool = jax.random.fold_in(data_key, _POOL)
+    g = step * B + jnp.arange(B)  # global example counter
+    e0 = (step * B) // N
+    perm = lambda e: jax.random.permutation(jax.random.fold_in(pool, e), N)
+    idx = jnp.where(g // N == e0, perm(e0)[g % N], perm(e0 + 1)[g % N])
+    keys = jax.vmap(lambda j: jax.random.fold_in(pool, j))(idx)
+    x, y, m = jax.vmap(lambda k: task.train_batch(k, 1))(keys)
+    return x[:, 0], y[:, 0], m[:, 0]
+
+
+def make_train_step(cfg: Config, task, graphdef, tx, schedule, mesh=None, *, ensemble: int = 0,
+                    layout: ParamLayout | None = None):
+    """A jitted ``(state, rest, data_key) -> (state, metrics)``, state donated.
+
+    With ``ensemble = S`` the step is vmapped over S stacked seeds:
+    ``(state, rest, data_keys [S], active [S] bool) -> (state, metrics [S])``; a seed that is not
+    active (stopped early) keeps its state. With a ``layout`` the state's parameters (and
+    ``tx``'s moments) are packed vectors (:meth:`ParamLayout.pack_state`).
+    """
     shard = batch_sharding(mesh)
+    unpack = (lambda p: p) if layout is None else layout.unpack
 
     def step_fn(state, rest, data_key):
         i = state["step"]
-        inputs, labels, mask = task.train_batch(jax.random.fold_in(data_key, i), cfg.batch)
+        inputs, labels, mask = train_batch(cfg, task, data_key, i)
+        n_main = inputs.shape[0]
+        if cfg.aux_batch:  # SLiCE's A5 protocol: short training words, their loss added
+            k_aux = jax.random.fold_in(jax.random.fold_in(data_key, _AUX), i)
+            lens = jnp.full((cfg.aux_batch,), cfg.aux_length, jnp.int32)
+            aux = task.sample_lengths(k_aux, lens, max(inputs.shape[1], cfg.aux_length),
+                                      side="train")
+            T = aux[0].shape[1]
+            main = pad_time((inputs, labels, mask), T) if T > inputs.shape[1] else (
+                inputs, labels, mask)
+            inputs, labels, mask = (jnp.concatenate([a, b]) for a, b in zip(main, aux))
         inputs, labels, mask = pad_time((inputs, labels, mask), seq_size(mesh))  # [parallel]
         if shard is not None:
             inputs, labels, mask = (
                 jax.lax.with_sharding_constraint(t, shard) for t in (inputs, labels, mask)
             )
+        drop = (jax.random.fold_in(jax.random.fold_in(data_key, _DROPOUT), i)
+                if cfg.dropout else None)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, rest)
-            logits = model_forward(model, inputs, mesh)  # [parallel]
-            return masked_cross_entropy(logits, labels, mask), accuracy(logits, labels, mask)
+            model = nnx.merge(graphdef, unpack(params), rest)
+            logits = model_forward(model, inputs, mesh, drop)  # [parallel]
+            lg, lb, mk = logits[:n_main], labels[:n_main], mask[:n_main]
+            loss = masked_cross_entropy(lg, lb, mk)
+            if cfg.aux_batch:
+                loss = loss + masked_cross_entropy(logits[n_main:], labels[n_main:],
+                                                   mask[n_main:])
+            if cfg.slice_reg:
+                loss = loss + cfg.slice_reg * model.penalty()
+            return loss, accuracy(lg, lb, mk)
 
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -168,7 +342,15 @@ def make_train_step(cfg: Config, task, graphdef, tx, schedule, mesh=None):
         new = {"params": params, "opt": opt, "step": i + 1}
         return new, {"loss": loss, "accuracy": acc, "lr": schedule(i)}
 
-    return jax.jit(step_fn, donate_argnums=0)
+    if not ensemble:
+        return jax.jit(step_fn, donate_argnums=0)
+
+    def ens_fn(state, rest, data_key, active):
+        new, m = step_fn(state, rest, data_key)
+        new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+        return new, m
+
+    return jax.jit(jax.vmap(ens_fn), donate_argnums=0)
 
 
 def _manager(out: Path, keep: int) -> ocp.CheckpointManager:
@@ -192,20 +374,66 @@ def restore_latest(out: Path, state, keep: int = 2):
     return state, int(step)
 
 
-def _truncate_metrics(path: Path, step: int) -> float:
-    """Drop metric lines after ``step`` (a resumed run rewrites them); return last seconds."""
+def _restore_ensemble(outs: list[Path], state, keep: int):
+    """``(stacked state, step)`` from the newest step every seed has a checkpoint of.
+
+    Checkpoints newer than that step (a kill between the seeds' saves leaves some) are
+    deleted, so the resumed run writes them again. Seeds with checkpoints beside seeds with
+    none (a seed added to a trained ensemble) are refused: training all of them again would
+    drop the trained seeds' records.
+    """
+    steps = []
+    for out in outs:
+        mngr = _manager(out, keep)
+        steps.append(set(mngr.all_steps()))
+        mngr.close()
+    have = [bool(s) for s in steps]
+    if not any(have):
+        return state, 0
+    common = set.intersection(*steps)
+    if not all(have) or not common:
+        desc = ", ".join(f"{o.name}: {sorted(s) or 'none'}" for o, s in zip(outs, steps))
+        raise ValueError(f"the ensemble's seeds have no checkpoint step in common ({desc}); "
+                         "train the new seeds in a directory of their own")
+    step = max(common)
+    parts = []
+    for s, out in enumerate(outs):
+        mngr = _manager(out, keep)
+        for newer in sorted(x for x in steps[s] if x > step):
+            mngr.delete(newer)
+        parts.append(mngr.restore(step, args=ocp.args.StandardRestore(
+            _abstract(_unstack(state, s)))))
+        mngr.close()
+    return _stack(parts), int(step)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a torn last line (a kill during a write) is dropped."""
     if not path.exists():
-        return 0.0
-    keep, seconds = [], 0.0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if rec["step"] <= step:
-            keep.append(line)
-            seconds = rec.get("seconds", seconds)
-    path.write_text("".join(k + "\n" for k in keep))
-    return seconds
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for j, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if j == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {j + 1} is not JSON (only a torn last line is "
+                             "dropped on resume)") from None
+    return out
+
+
+def _truncate_metrics(path: Path, step: int, write: bool = True) -> tuple[float, bool]:
+    """Drop metric lines after ``step`` (a resumed run rewrites them; only with ``write``);
+    return the last seconds and whether the run had stopped early by then."""
+    if not path.exists():
+        return 0.0, False
+    keep = [r for r in _read_metrics(path) if r["step"] <= step]
+    if write:
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    seconds = keep[-1].get("seconds", 0.0) if keep else 0.0
+    return seconds, any(r.get("early_stop") for r in keep)
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,18 +442,23 @@ def _truncate_metrics(path: Path, step: int) -> float:
 def train(cfg: Config, *, stop_at: int | None = None):
     """Train (resuming from ``cfg.out`` if it has checkpoints).
 
+    With ``cfg.seeds`` the seeds train at once as one vmapped model, each writing the
+    complete single run ``OUT/seed_<s>`` (equal to ``--seed s`` up to float rounding).
+
     Args:
       cfg: the run.
       stop_at: stop after this many completed steps without saving them (the tests use it to
         simulate a run killed midway; a rerun resumes from the last periodic checkpoint).
 
     Returns:
-      ``(model, task)``: the trained model (merged from the final state) and the task.
+      ``(model, task)``: the trained model (merged from the final state) and the task; with
+      ``cfg.seeds``, ``(models, task)`` with one model per seed.
     """
     if not cfg.out:
         raise ValueError("cfg.out (--out DIR) is required")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_config(cfg)
+    runs = seed_configs(cfg)
+    stacked = bool(cfg.seeds)
     axes = parse_mesh(cfg.mesh)
     check_supported(axes)
     mesh = make_mesh(cfg.mesh)
@@ -236,157 +469,476 @@ def train(cfg: Config, *, stop_at: int | None = None):
         raise ValueError(f"--mesh seq=...: sequence sharding needs a token task; {task.name!r} "
                          f"is {task.kind!r}")
     lead = jax.process_index() == 0  # multi-host: one process writes logs; all checkpoint
-    if lead:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    outs = [Path(r.out) for r in runs]
+    for r, out in zip(runs, outs):
+        out.mkdir(parents=True, exist_ok=True)
+        if lead:
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(r), indent=2) + "\n")
 
-    graphdef, rest, state, tx, schedule = init_state(cfg, task, mesh)
-    state, start = restore_latest(out, state, cfg.keep_checkpoints)
-    metrics_path = out / "metrics.jsonl"
-    t_offset = _truncate_metrics(metrics_path, start) if lead else 0.0
-    step_fn = make_train_step(cfg, task, graphdef, tx, schedule, mesh)
-    data_key = jax.random.key(cfg.seed + 1)
-    mngr = _manager(out, cfg.keep_checkpoints)
+    setup = Setup(cfg, task, mesh)
+    state, start = setup.restore()
+    rest, layout = setup.rest, setup.layout
+    mpaths = [out / "metrics.jsonl" for out in outs]
+    resumed = [_truncate_metrics(p, start, write=lead) for p in mpaths]
+    t_offset = [r[0] for r in resumed]
+    active = np.array([not r[1] for r in resumed])
+    step_fn = setup.step_fn
+    validate = (_validator(cfg, runs, task, setup.graphdef, stacked, layout)
+                if cfg.val_every else None)
+    mngrs = [_manager(out, cfg.keep_checkpoints) for out in outs]
+    unpack_state = jax.jit(layout.unpack_state)
+
+    def save(done):
+        full = unpack_state(state)
+        for s, mngr in enumerate(mngrs):
+            st = _unstack(full, s) if stacked else full
+            mngr.save(done, args=ocp.args.StandardSave(st), force=True)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead),
-               desc=f"{cfg.task}/{cfg.model}")
+    name = f"{cfg.task}/{cfg.model}" + (f" x{len(runs)} seeds" if stacked else "")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), desc=name)
     window: list[dict] = []
     t0 = time.perf_counter()
+    files = [open(p if lead else os.devnull, "a") for p in mpaths]
     try:
-        with open(metrics_path if lead else os.devnull, "a") as mf:
-            for i in range(start, cfg.steps):
-                state, m = step_fn(state, rest, data_key)
-                window.append(m)
-                done = i + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    avg = {k: float(np.mean([float(w[k]) for w in window]))
-                           for k in ("loss", "accuracy")}
-                    rec = {"step": done, **avg, "lr": float(m["lr"]),
-                           "seconds": round(t_offset + time.perf_counter() - t0, 3)}
-                    mf.write(json.dumps(rec) + "\n")
-                    mf.flush()
-                    window = []
-                    bar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}")
-                bar.update(1)
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    mngr.save(done, args=ocp.args.StandardSave(state), force=True)
-                if stop_at is not None and done >= stop_at:
-                    break
+        for i in range(start, cfg.steps):
+            if not active.any():
+                break
+            state, m = step_fn(state, *setup.step_args(active))
+            window.append(m)
+            done = i + 1
+            val, stop_now = None, np.zeros(len(runs), bool)
+            if validate is not None and done % cfg.val_every == 0:
+                val = validate(state, rest)
+            if done % cfg.log_every == 0 or done == cfg.steps or val is not None:
+                avg = {k: np.mean(np.stack([np.asarray(w[k]) for w in window]), axis=0)
+                       for k in ("loss", "accuracy")}
+                lr = np.asarray(m["lr"])
+                for s in range(len(runs)):
+                    if not active[s]:
+                        continue
+                    pick = (lambda x, s=s: float(x[s])) if stacked else float
+                    rec = {"step": done, "loss": pick(avg["loss"]),
+                           "accuracy": pick(avg["accuracy"]), "lr": pick(lr),
+                           "seconds": round(t_offset[s] + time.perf_counter() - t0, 3)}
+                    if val is not None:
+                        rec["val_accuracy"] = round(float(val[s]), 6)
+                        if cfg.early_stop and val[s] > cfg.early_stop:
+                            rec["early_stop"] = True
+                            stop_now[s] = True
+                    files[s].write(json.dumps(rec) + "\n")
+                    files[s].flush()
+                window = []
+                msg = {"loss": f"{float(np.mean(avg['loss'])):.3f}",
+                       "acc": f"{float(np.mean(avg['accuracy'])):.3f}"}
+                if val is not None:
+                    msg["val"] = f"{float(np.mean(val)):.3f}"
+                bar.set_postfix(**msg)
+                if stop_now.any():
+                    active &= ~stop_now
+            bar.update(1)
+            # a stopped seed's final state is saved at its step (the others' too): once
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or (val is not None and
+                                                                   stop_now.any()):
+                save(done)
+            if stop_at is not None and done >= stop_at:
+                break
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
+        for f in files:
+            f.close()
+        for mngr in mngrs:
+            mngr.wait_until_finished()
+            mngr.close()
         bar.close()
-    model = nnx.merge(graphdef, state["params"], rest)
-    return model, task
+    params = layout.unpack(state["params"])
+    if stacked:
+        return [nnx.merge(setup.graphdef, _unstack(params, s), _unstack(rest, s))
+                for s in range(len(runs))], task
+    return nnx.merge(setup.graphdef, params, rest), task
+
+
+class Setup:
+    """What a training run steps with: graph, packed state, optimiser, jitted step, keys.
+
+    Args:
+      cfg: the run (with ``seeds``: the ensemble of its seed configs, stacked).
+      task: its task.
+      mesh: the device mesh (None: one device).
+    """
+
+    def __init__(self, cfg: Config, task, mesh=None):
+        self.cfg, self.task, self.mesh = cfg, task, mesh
+        self.runs = seed_configs(cfg)
+        self.stacked = bool(cfg.seeds)
+        if self.stacked:
+            graphdef, rest, state, _, schedule = init_ensemble(self.runs, task)
+            one = _unstack(state["params"], 0)
+            self.data_key = data_keys(self.runs)
+        else:
+            graphdef, rest, state, _, schedule = init_state(cfg, task, mesh)
+            one = state["params"]
+            self.data_key = jax.random.key(cfg.seed + 1)
+        self.graphdef, self.rest, self.schedule = graphdef, rest, schedule
+        self.layout = ParamLayout(one, _decays(cfg))
+        self.tx, _ = make_optimizer(cfg, self.layout)
+        self._init = state  # unpacked: the checkpoint format
+        self.step_fn = make_train_step(cfg, task, graphdef, self.tx, schedule, mesh,
+                                       ensemble=len(self.runs) * self.stacked,
+                                       layout=self.layout)
+
+    def pack(self, state):
+        return jax.jit(self.layout.pack_state)(state)
+
+    def restore(self):
+        """``(packed state, step)``: the latest checkpoint (every seed's newest common one), or
+        the initial state at step 0."""
+        outs = [Path(r.out) for r in self.runs]
+        keep = self.cfg.keep_checkpoints
+        if self.stacked:
+            state, start = _restore_ensemble(outs, self._init, keep)
+        else:
+            state, start = restore_latest(outs[0], self._init, keep)
+        return self.pack(state), start
+
+    def initial(self):
+        """The packed initial state."""
+        return self.pack(self._init)
+
+    def step_args(self, active=None):
+        """The arguments after the state: ``(rest, data_key)`` (+ ``active`` for ensembles)."""
+        if not self.stacked:
+            return (self.rest, self.data_key)
+        if active is None:
+            active = np.ones(len(self.runs), bool)
+        return (self.rest, self.data_key, jnp.asarray(active))
+
+
+def _validator(cfg: Config, runs: list[Config], task, graphdef, stacked: bool,
+               layout: ParamLayout):
+    """``state -> [S]`` validation accuracies: ``val_size`` sequences of lengths uniform over
+    the test range (per-token tasks: every position of ``val_size`` test-length words)."""
+    ev = Evaluator(graphdef, task, stacked=stacked, batch=cfg.eval_batch)
+    keys = [jax.random.key(r.seed + 3) for r in runs]
+    key = jnp.stack(keys) if stacked else keys[0]
+    lo, hi = task.test_sizes
+    # the same lengths for every seed (an ensemble member validates as its single run does)
+    lengths = np.random.default_rng(_VAL_LENGTHS).integers(lo, hi + 1, cfg.val_size)
+
+    def validate(state, rest):
+        params = layout.unpack(state["params"])
+        if getattr(task, "per_token", False):
+            hits, _ = ev.prefix_counts(params, rest, key, cfg.val_size, hi)
+            acc = hits.sum(-1) / (cfg.val_size * hi)
+        else:
+            acc = ev.sequence_hits(params, rest, key, lengths).mean(-1)
+        return np.atleast_1d(np.asarray(acc, np.float64))
+
+    return validate
 
 
 # ------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------
+def wilson(hits, n, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95% by default) of ``hits`` successes out of ``n`` trials."""
+    hits, n = np.asarray(hits, np.float64), np.asarray(n, np.float64)
+    p = hits / np.maximum(n, 1)
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return np.clip(mid - half, 0, 1), np.clip(mid + half, 0, 1)
+
+
 def _bucket(n: int, quantum: int = 64) -> int:
     return int(math.ceil(n / quantum) * quantum)
 
 
-def evaluate_lengths(model, task, lengths, *, per_length: int = 32, batch: int = 512,
-                     seed: int = 0, progress: bool = False) -> list[float]:
-    """Accuracy of ``model`` at each length (or image size) in ``lengths``.
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
 
-    Token tasks: ``per_length`` examples per length, packed into batches of ``batch``
-    sequences padded to a multiple of 64 tokens (few compilations for many lengths).
-    Image tasks: ``per_length`` images per size.
+
+# Most tokens one evaluation batch holds: a batch of long sequences has fewer of them.
+EVAL_TOKENS = 1 << 17
+
+
+class Evaluator:
+    """Jitted evaluation of one model or of a stacked ensemble (vmapped over seeds).
+
+    The samples are drawn inside the jitted functions from ``fold_in(key, batch index)``; with
+    ``stacked``, ``params``, ``rest`` and ``key`` carry a leading seed axis.
     """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def __init__(self, graphdef, task, *, stacked: bool = False, batch: int = 512):
+        self.graphdef, self.task, self.stacked, self.batch = graphdef, task, stacked, batch
+        vm = jax.vmap if stacked else (lambda f, in_axes=None: f)
+
+        def logits(params, rest, x):
+            return nnx.merge(graphdef, params, rest)(x)
+
+        def seq_hits(params, rest, key, b, lens, T):
+            x, y, m = task.sample_lengths(jax.random.fold_in(key, b), lens, T)
+            hit = (jnp.argmax(logits(params, rest, x), -1) == y).astype(jnp.float32) * m
+            return hit.sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+        def img_hits(params, rest, key, b, n, size):
+            x, y, m = task.sample(jax.random.fold_in(key, b), n, size)
+            hit = (jnp.argmax(logits(params, rest, x), -1) == y).astype(jnp.float32) * m
+            return hit.reshape(n, -1).sum(1)
+
+        def pos_hits(params, rest, key, b, n, T):
+            x, y, m = task.sample(jax.random.fold_in(key, b), n, T)
+            hit = (jnp.argmax(logits(params, rest, x), -1) == y) & (m > 0)
+            return hit.sum(0), jnp.cumprod(hit, axis=1).sum(0)
+
+        ax = (0, 0, 0, None, None, None)
+        self._seq = jax.jit(vm(seq_hits, in_axes=ax), static_argnums=5)
+        self._img = jax.jit(vm(img_hits, in_axes=ax), static_argnums=(4, 5))
+        self._pos = jax.jit(vm(pos_hits, in_axes=ax), static_argnums=(4, 5))
+
+    def sequence_hits(self, params, rest, key, lengths, progress: bool = False) -> np.ndarray:
+        """Accuracy of every sequence (``[N]``, or ``[S, N]`` stacked) of the given lengths;
+        sequences are sorted by length and packed into batches padded to a multiple of 64."""
+        from tqdm.auto import tqdm
+
+        lengths = np.asarray(lengths, np.int64)
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros(((len(params_seeds(params)),) if self.stacked else ()) + (len(order),))
+        s, b = 0, 0
+        bar = tqdm(total=len(order), disable=not progress, desc="eval", leave=False)
+        while s < len(order):
+            n = min(self.batch, len(order) - s)
+            while n > 1 and _bucket(int(lengths[order[s + n - 1]])) * n > max(
+                    EVAL_TOKENS, self.batch * 64):
+                n //= 2
+            idx = order[s:s + n]
+            n_p = min(self.batch, _pow2(n))  # few shapes, no padding to a whole batch
+            idx_p = np.concatenate([idx, np.full(n_p - n, idx[-1])])
+            lens = lengths[idx_p]
+            T = min(_bucket(int(lens.max())), int(lengths.max()))
+            c = np.asarray(self._seq(params, rest, key, b, jnp.asarray(lens, jnp.int32), T))
+            out[..., idx] = c[..., :n]
+            s, b = s + n, b + 1
+            bar.update(n)
+        bar.close()
+        return out
+
+    def image_hits(self, params, rest, key, size: int, n_total: int, j: int) -> np.ndarray:
+        hits, done = 0.0, 0
+        while done < n_total:
+            n = min(self.batch, n_total - done)
+            hits = hits + np.asarray(self._img(params, rest, key, j * 100003 + done, n, size))
+            done += n
+        return np.asarray(hits)
+
+    def prefix_counts(self, params, rest, key, n_total: int, T: int):
+        """Per-position correct counts and prefix-all-correct counts over ``n_total`` words of
+        length T: two ``[T]`` (or ``[S, T]``) arrays."""
+        per = max(1, min(self.batch, EVAL_TOKENS // T))
+        hits = prefix = 0
+        b, done = 0, 0
+        while done < n_total:
+            n = min(per, n_total - done)
+            h, p = self._pos(params, rest, key, b, n, T)
+            hits, prefix = hits + np.asarray(h, np.int64), prefix + np.asarray(p, np.int64)
+            done, b = done + n, b + 1
+        return np.asarray(hits), np.asarray(prefix)
+
+
+def params_seeds(params) -> list:
+    """The seed axis of a stacked parameter tree, as a list (its length is the ensemble size)."""
+    leaf = jax.tree.leaves(params)[0]
+    return list(range(leaf.shape[0]))
+
+
+def _split_model(models):
+    """``(graphdef, params, rest, stacked)`` of one model or a list of models (stacked)."""
+    if isinstance(models, list | tuple):
+        parts = [nnx.split(m, nnx.Param, ...) for m in models]
+        return (parts[0][0], _stack([p[1] for p in parts]), _stack([p[2] for p in parts]),
+                True)
+    graphdef, params, rest = nnx.split(models, nnx.Param, ...)
+    return graphdef, params, rest, False
+
+
+def evaluate(model, task, lengths, *, per_length: int = 256, batch: int = 512, seed=0,
+             progress: bool = False):
+    """The eval.json record(s) of ``model`` on ``task`` at ``lengths``.
+
+    Token tasks with one answer per sequence: ``per_length`` sequences at each length.
+    Per-token tasks (group word problems): ``per_length`` sequences of length
+    ``max(lengths)``, giving the accuracy at each position (``accuracy[i]`` at position
+    ``lengths[i]``) and the fraction of sequences correct at every position up to it
+    (``sequence_accuracy``, DeltaProduct's metric). Image tasks: ``per_length`` images per
+    size. Each accuracy has a 95% Wilson interval (its sequences as the independent trials).
+
+    Args:
+      model: a model, or a list of models of the same graph (an ensemble: evaluated vmapped,
+        one record each; ``seed`` is then the list of their seeds).
+      seed: the run's seed (the evaluation data come from ``key(seed + 2)``).
+
+    Returns:
+      the record (a dict), or a list of records for a list of models.
+    """
+    if isinstance(per_length, bool) or not isinstance(per_length, int) or per_length < 1:
+        raise ValueError(f"per_length must be a positive integer, got {per_length!r}")
     lengths = [int(n) for n in lengths]
-
-    @jax.jit
-    def correct(params, rest, inputs, labels, mask):
-        logits = nnx.merge(graphdef, params, rest)(inputs)
-        hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
-        axes = tuple(range(1, hit.ndim))
-        return hit.sum(axes) / jnp.maximum(mask.sum(axes), 1.0)
-
-    key = jax.random.key(seed + 2)
-    hits = np.zeros(len(lengths))
-    if task.kind != "tokens":
-        sample = jax.jit(task.sample, static_argnums=(1, 2))
-        for j, size in enumerate(lengths):
-            done = 0
-            while done < per_length:
-                n = min(batch, per_length - done)
-                x, y, m = sample(jax.random.fold_in(key, j * 100003 + done), n, size)
-                hits[j] += float(np.sum(correct(params, rest, x, y, m)))
-                done += n
-        return list(hits / per_length)
-
-    sample = jax.jit(task.sample_lengths, static_argnums=2)
-    order = np.repeat(np.arange(len(lengths)), per_length)
-    order = order[np.argsort(np.asarray(lengths)[order], kind="stable")]
-    from tqdm.auto import tqdm
-
-    starts = range(0, len(order), batch)
-    for b, s in enumerate(tqdm(starts, disable=not progress, desc="eval", leave=False)):
-        idx = order[s : s + batch]
-        n = len(idx)
-        idx_p = np.concatenate([idx, np.full(batch - n, idx[-1])]) if n < batch else idx
-        lens = np.asarray(lengths)[idx_p]
-        T = min(_bucket(int(lens.max())), max(lengths))  # >= every length in the batch
-        x, y, m = sample(jax.random.fold_in(key, b), jnp.asarray(lens, jnp.int32), T)
-        c = np.asarray(correct(params, rest, x, y, m))[:n]
-        np.add.at(hits, idx, c)
-    return list(hits / per_length)
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths must be positive integers, got {lengths}")
+    graphdef, params, rest, stacked = _split_model(model)
+    seeds = list(seed) if stacked else [seed]
+    if stacked and len(seeds) != len(model):
+        raise ValueError(f"{len(model)} models but {len(seeds)} seeds")
+    keys = [jax.random.key(s + 2) for s in seeds]
+    key = jnp.stack(keys) if stacked else keys[0]
+    ev = Evaluator(graphdef, task, stacked=stacked, batch=batch)
+    S = len(seeds)
+    if getattr(task, "per_token", False):
+        T = max(lengths)
+        hits, prefix = ev.prefix_counts(params, rest, key, per_length, T)
+        hits, prefix = hits.reshape(S, T), prefix.reshape(S, T)
+        pos = np.asarray(lengths) - 1
+        recs = [per_token_summary(lengths, hits[s, pos], prefix[s, pos], per_length,
+                                  task.chance) for s in range(S)]
+    elif task.kind == "tokens":
+        seq_lengths = np.repeat(np.asarray(lengths), per_length)
+        acc = ev.sequence_hits(params, rest, key, seq_lengths, progress).reshape(
+            S, len(lengths), per_length)
+        recs = [eval_summary(lengths, list(acc[s].mean(-1)), task.chance, n=per_length)
+                for s in range(S)]
+    else:
+        hits = np.stack([ev.image_hits(params, rest, key, size, per_length, j)
+                         for j, size in enumerate(lengths)], axis=-1).reshape(S, len(lengths))
+        recs = [eval_summary(lengths, list(hits[s] / per_length), task.chance, n=per_length)
+                for s in range(S)]
+    return recs if stacked else recs[0]
 
 
-def eval_summary(lengths, accs, chance: float) -> dict:
-    """The eval.json record."""
+def evaluate_lengths(model, task, lengths, *, per_length: int = 256, batch: int = 512,
+                     seed: int = 0, progress: bool = False) -> list[float]:
+    """Accuracy of ``model`` at each length (or image size) in ``lengths`` (see
+    :func:`evaluate`, which also gives the counts and intervals)."""
+    return evaluate(model, task, lengths, per_length=per_length, batch=batch, seed=seed,
+                    progress=progress)["accuracy"]
+
+
+def _r(x) -> list[float]:
+    return [round(float(v), 6) for v in np.atleast_1d(x)]
+
+
+def eval_summary(lengths, accs, chance: float, n: int | None = None) -> dict:
+    """The eval.json record: accuracy per length, their mean and the scaled accuracy
+    ``(mean - chance) / (1 - chance)``; with ``n`` (sequences per length) also the counts and
+    95% Wilson intervals (the mean's over all ``n * len(lengths)`` sequences)."""
     mean = float(np.mean(accs))
-    return {
-        "lengths": [int(n) for n in lengths],
-        "accuracy": [round(float(a), 6) for a in accs],
+    rec = {
+        "lengths": [int(v) for v in lengths],
+        "accuracy": _r(accs),
         "mean_accuracy": round(mean, 6),
         "scaled_accuracy": round((mean - chance) / (1.0 - chance), 6),
     }
+    if n is not None:
+        accs = np.asarray(accs, np.float64)
+        lo, hi = wilson(np.round(accs * n), n)
+        N = n * len(lengths)
+        mlo, mhi = wilson(round(mean * N), N)
+        rec.update({
+            "sequences_per_length": int(n),
+            "sequences": int(N),
+            "accuracy_ci": [_r(lo), _r(hi)],
+            "mean_accuracy_ci": _r([mlo, mhi]),
+            "scaled_accuracy_ci": _r([(mlo - chance) / (1 - chance),
+                                      (mhi - chance) / (1 - chance)]),
+            "chance": round(float(chance), 6),
+        })
+    return rec
+
+
+def per_token_summary(lengths, hits, prefix, n: int, chance: float) -> dict:
+    """The eval.json record of a per-token task: ``hits[i]`` / ``prefix[i]`` of ``n`` sequences
+    were right at position ``lengths[i]`` / at every position up to it."""
+    acc = np.asarray(hits, np.float64) / n
+    seq = np.asarray(prefix, np.float64) / n
+    rec = eval_summary(lengths, acc, chance)
+    # the mean over positions: its interval takes the n sequences as the trials
+    mlo, mhi = wilson(round(rec["mean_accuracy"] * n), n)
+    lo, hi = wilson(hits, n)
+    slo, shi = wilson(prefix, n)
+    ok = np.asarray(lengths)[seq >= 0.9]  # the prefix fraction falls with the length
+    rec.update({
+        "metric": "per_token",
+        "sequences_per_length": int(n),
+        "sequences": int(n),
+        "accuracy_ci": [_r(lo), _r(hi)],
+        "mean_accuracy_ci": _r([mlo, mhi]),
+        "scaled_accuracy_ci": _r([(mlo - chance) / (1 - chance), (mhi - chance) / (1 - chance)]),
+        "sequence_accuracy": _r(seq),
+        "sequence_accuracy_ci": [_r(slo), _r(shi)],
+        # the longest prefix that at least 90% of the sequences get entirely right
+        "length_90": int(ok.max()) if len(ok) else 0,
+        "chance": round(float(chance), 6),
+    })
+    return rec
 
 
 def plot_eval(summary: dict, task, path: Path, title: str = "") -> None:
-    """Accuracy vs length, with the training range shaded and chance dashed."""
+    """Accuracy vs length (with its 95% band), the training range shaded, chance dashed; for
+    per-token tasks a second panel with the fraction of sequences correct up to each length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(summary["lengths"], summary["accuracy"], lw=1.2)
-    lo, hi = task.train_sizes
-    ax.axvspan(lo, hi, color="0.9", label="train lengths")
-    ax.axhline(task.chance, ls="--", color="0.5", label="chance")
-    ax.set_xlabel("length" if task.kind == "tokens" else "size")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or f"mean {summary['mean_accuracy']:.3f}, "
-                 f"scaled {summary['scaled_accuracy']:.3f}")
-    ax.legend(loc="lower left", fontsize=8)
+    per_token = "sequence_accuracy" in summary
+    fig, axes = plt.subplots(1, 2 if per_token else 1, figsize=(11 if per_token else 6, 3.5),
+                             squeeze=False)
+    x = summary["lengths"]
+    panels = [("accuracy", "accuracy at position" if per_token else "accuracy")]
+    if per_token:
+        panels.append(("sequence_accuracy", "fraction correct up to length"))
+    for ax, (key, label) in zip(axes[0], panels):
+        ax.plot(x, summary[key], lw=1.2)
+        ci = summary.get(f"{key}_ci")
+        if ci is not None:
+            ax.fill_between(x, ci[0], ci[1], alpha=0.25, lw=0)
+        lo, hi = task.train_sizes
+        ax.axvspan(lo, hi, color="0.9", label="train lengths")
+        if key == "accuracy":
+            ax.axhline(task.chance, ls="--", color="0.5", label="chance")
+        ax.set_xlabel("length" if task.kind == "tokens" else "size")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(loc="lower left", fontsize=8)
+    n = summary.get("sequences_per_length")
+    fig.suptitle(title or f"mean {summary['mean_accuracy']:.3f}, scaled "
+                 f"{summary['scaled_accuracy']:.3f}" + (f" ({n} sequences per length)" if n
+                                                         else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run(cfg: Config, *, stop_at: int | None = None) -> dict | None:
-    """Train, then evaluate over the task's test lengths and write eval.json / eval.png."""
+def run(cfg: Config, *, stop_at: int | None = None):
+    """Train, then evaluate over the task's test lengths and write eval.json / eval.png
+    (with ``cfg.seeds``: in every seed's directory; returns the list of records)."""
     model, task = train(cfg, stop_at=stop_at)
     if stop_at is not None and stop_at < cfg.steps:
         return None
+    runs = seed_configs(cfg)
     lengths = task.eval_sizes()
-    accs = evaluate_lengths(model, task, lengths, per_length=cfg.eval_per_length,
-                            batch=cfg.eval_batch, seed=cfg.seed, progress=cfg.progress)
-    summary = eval_summary(lengths, accs, task.chance)
-    out = Path(cfg.out)
+    seeds = [r.seed for r in runs] if cfg.seeds else cfg.seed
+    summaries = evaluate(model, task, lengths, per_length=cfg.eval_per_length,
+                         batch=cfg.eval_batch, seed=seeds, progress=cfg.progress)
     if jax.process_index() != 0:
-        return summary
-    (out / "eval.json").write_text(json.dumps(summary) + "\n")
-    plot_eval(summary, task, out / "eval.png", title=f"{cfg.task} / {cfg.model} ({cfg.eigen}): "
-              f"mean {summary['mean_accuracy']:.3f}")
-    return summary
+        return summaries
+    for r, summary in zip(runs, summaries if cfg.seeds else [summaries]):
+        out = Path(r.out)
+        (out / "eval.json").write_text(json.dumps(summary) + "\n")
+        plot_eval(summary, task, out / "eval.png",
+                  title=f"{r.task} / {r.model} ({r.eigen}), seed {r.seed}: mean "
+                        f"{summary['mean_accuracy']:.3f}, {summary['sequences_per_length']} "
+                        "sequences per length")
+    return summaries
 
 
 # ------------------------------------------------------------------------------------------

@@ -38,3 +38,18 @@ def test_expressivity_notebook_small(monkeypatch, tmp_path):
         if eigen == "unit":
             assert min(e[0].min(), e[1].min()) >= 0.0
     assert os.environ["LRNN_NOTEBOOK_SMALL"] == "1"
+
+
+def test_state_tracking_notebook_small(monkeypatch, tmp_path):
+    monkeypatch.setenv("LRNN_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(tmp_path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ns = runpy.run_path(str(ROOT / "notebooks" / "state_tracking.py"), run_name="__main__")
+    assert set(ns["results"]) == {("s3", 1, "unit"), ("s3", 2, "signed")}
+    for r in ns["results"].values():
+        seq = np.asarray(r["sequence_accuracy"])
+        assert (np.diff(seq) <= 1e-12).all()  # a prefix-correct fraction never grows
+        assert r["sequences"] == 8

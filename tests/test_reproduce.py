@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,8 @@ def test_summary_takes_the_best_seed_and_marks_missing_runs(tmp_path):
     assert first["seeds"][2]["mean_accuracy"] is None
     assert second["best_seed"] is None  # nothing ran
     md = (tmp_path / "summary.md").read_text()
-    assert "| parity | diagonal | [-1, 1] | 0.900 / 1.000 / - |" in md
+    assert "| parity | diagonal | [-1, 1] | - | 0.900 / 1.000 / - | 0.800 / 1.000 / - | 1.000 " \
+        "| 0.900 | 1.000 |" in md
     assert (tmp_path / "summary.png").stat().st_size > 0
 
 
@@ -47,3 +49,19 @@ def test_bad_run_spec_names_the_format():
         reproduce.parse_run("parity:diagonal")
     with pytest.raises(argparse.ArgumentTypeError, match="unit\\|signed"):
         reproduce.parse_run("parity:diagonal:negative")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown task '../../x'"):
+        reproduce.parse_run("../../x:diagonal:unit")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown model 'mamba9'"):
+        reproduce.parse_run("parity:mamba9:unit")
+    with pytest.raises(argparse.ArgumentTypeError, match="N_H must be a positive integer"):
+        reproduce.parse_run("s3:deltaproduct:signed:0")
+    assert reproduce.parse_run("s3:deltaproduct:signed:2") == ("s3", "deltaproduct", "signed", 2)
+    assert reproduce.run_dir(Path("o"), "s3", "deltaproduct", "signed", 1, 2) == Path(
+        "o/s3-deltaproduct-signed-nh2/seed_1")
+
+
+def test_a_failing_row_makes_the_grid_fail(tmp_path, capsys):
+    rc = reproduce.main(["--out", str(tmp_path), "--runs", "parity:diagonal:unit", "--seeds", "0",
+                         "--preset", "tiny", "--", "--steps", "0"])
+    assert rc == 1
+    assert "parity-diagonal-unit" in capsys.readouterr().err

@@ -94,12 +94,16 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
     assert ev["lengths"] == [13, 14, 15, 16] and len(ev["accuracy"]) == 4
     assert ev["scaled_accuracy"] == pytest.approx((ev["mean_accuracy"] - 0.5) / 0.5, abs=1e-5)
 
+    assert ev["sequences_per_length"] == 4 and ev["sequences"] == 16
+    lo, hi = ev["accuracy_ci"]
+    assert all(a <= x <= b for a, x, b in zip(lo, ev["accuracy"], hi))
     res = evaluate_cli.main([str(out), "--lengths", "20,21"])
     printed = json.loads(capsys.readouterr().out.strip())
     assert printed == res and res["lengths"] == [20, 21]
-    assert set(res) == {"lengths", "accuracy", "mean_accuracy", "scaled_accuracy"}
+    assert set(res) == set(ev)
+    assert res["sequences_per_length"] == 256  # at least 256 per length unless asked
     # the test lengths again give exactly eval.json
-    assert evaluate_cli.main([str(out), "--lengths", "13,14,15,16"]) == ev
+    assert evaluate_cli.main([str(out), "--lengths", "13,14,15,16", "--per-length", "4"]) == ev
     with pytest.raises(SystemExit):
         evaluate_cli.main([str(tmp_path / "nothing")])
 

@@ -55,6 +55,14 @@ Registering a task
     def _make():
         return ArrowPointing()
 
+Families of tasks whose names carry a size (the group word problems ``z<n>`` and ``d<n>``) are
+registered with ``register_family(pattern, factory, shown)``: ``factory(match)`` builds the
+task for a name matching the regular expression ``pattern``.
+
+Formats: a task may exist in more than one data format (``task_format``): ``"lrnn"`` is this
+package's own; ``"grazzi"`` follows the public generator of Grazzi et al. (2025) for parity and
+modular arithmetic (``experiments.tasks.grazzi``). ``get_task(name, task_format=...)`` picks one.
+
 ``get_task(name)`` raises ``ValueError`` listing the valid names for an unknown one. Tasks
 defined in other modules of this package are imported lazily by ``get_task`` /
 ``task_names`` through ``_OPTIONAL_MODULES`` (so a missing optional module never breaks the
@@ -64,9 +72,11 @@ rest).
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 
 from experiments.tasks.base import SequenceTask, Task, accuracy, masked_cross_entropy
+from experiments.tasks.groups import GroupWordProblem, get_group
 from experiments.tasks.regular import (
     CycleNavigation,
     EvenPairs,
@@ -80,8 +90,12 @@ __all__ = [
     "SequenceTask",
     "TASKS",
     "register_task",
+    "register_family",
+    "register_format",
+    "TASK_FORMATS",
     "get_task",
     "task_names",
+    "is_task",
     "accuracy",
     "masked_cross_entropy",
     "Parity",
@@ -89,9 +103,16 @@ __all__ = [
     "ModularArithmeticBrackets",
     "CycleNavigation",
     "EvenPairs",
+    "GroupWordProblem",
+    "get_group",
 ]
 
 TASKS: dict[str, Callable[[], Task]] = {}
+# (compiled pattern, factory(match) -> Task, name shown in listings)
+_FAMILIES: list[tuple[re.Pattern, Callable, str]] = []
+# format name -> {task name -> factory}; "lrnn" is TASKS itself
+_FORMATS: dict[str, dict[str, Callable[[], Task]]] = {}
+TASK_FORMATS = ("lrnn", "grazzi")
 
 # Modules of this package that register further tasks when imported (e.g. the 2D image task).
 _OPTIONAL_MODULES = ("experiments.tasks.arrow_pointing",)
@@ -109,15 +130,37 @@ def register_task(name: str):
     return deco
 
 
+def register_family(pattern: str, factory: Callable, shown: str) -> None:
+    """Registers the tasks whose names match ``pattern`` (a full match); ``shown`` is the
+    family's name in listings, e.g. ``"z<n>"``."""
+    _FAMILIES.append((re.compile(pattern), factory, shown))
+
+
+def register_format(task_format: str, name: str):
+    """Decorator registering the factory of task ``name`` in data format ``task_format``."""
+    if task_format not in TASK_FORMATS or task_format == "lrnn":
+        raise ValueError(f"task formats are {TASK_FORMATS} ('lrnn' is the registry itself)")
+
+    def deco(factory):
+        _FORMATS.setdefault(task_format, {})[name] = factory
+        return factory
+
+    return deco
+
+
 register_task("parity")(Parity)
 register_task("modular_arithmetic")(ModularArithmetic)
 register_task("modular_arithmetic_brackets")(ModularArithmeticBrackets)
 register_task("cycle_navigation")(CycleNavigation)
 register_task("even_pairs")(EvenPairs)
+for _g in ("s3", "s4", "s5", "a4", "a5"):
+    register_task(_g)(lambda _g=_g: GroupWordProblem(_g))
+register_family(r"z(\d+)", lambda m: GroupWordProblem(f"Z{m.group(1)}"), "z<n>")
+register_family(r"d(\d+)", lambda m: GroupWordProblem(f"D{m.group(1)}"), "d<n>")
 
 
 def _load_optional() -> None:
-    for mod in _OPTIONAL_MODULES:
+    for mod in _OPTIONAL_MODULES + ("experiments.tasks.grazzi",):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # only a missing optional module is tolerated
@@ -126,15 +169,42 @@ def _load_optional() -> None:
 
 
 def task_names() -> list[str]:
-    """Sorted names of all registered tasks."""
+    """Sorted names of all registered tasks (a family appears once, e.g. ``z<n>``)."""
     _load_optional()
-    return sorted(TASKS)
+    return sorted(TASKS) + [shown for _, _, shown in _FAMILIES]
 
 
-def get_task(name: str) -> Task:
-    """Build the task called ``name``; unknown names raise listing the valid ones."""
-    if name not in TASKS:
+def is_task(name: str) -> bool:
+    """Whether ``get_task(name)`` would find a task (no task is built)."""
+    _load_optional()
+    return name in TASKS or any(p.fullmatch(str(name)) for p, _, _ in _FAMILIES)
+
+
+def get_task(name: str, task_format: str = "lrnn") -> Task:
+    """Build the task called ``name`` in data format ``task_format``.
+
+    Unknown names raise ``ValueError`` listing the valid ones; so does a format the task does
+    not have.
+    """
+    if task_format not in TASK_FORMATS:
+        raise ValueError(f"unknown task format {task_format!r}; valid formats: "
+                         f"{', '.join(TASK_FORMATS)}")
+    if name not in TASKS or task_format != "lrnn":
         _load_optional()
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
-    return TASKS[name]()
+    if task_format != "lrnn":
+        table = _FORMATS.get(task_format, {})
+        if name not in table:
+            have = ", ".join(sorted(table)) or "none"
+            raise ValueError(f"task {name!r} has no {task_format!r} format (tasks with it: "
+                             f"{have}); use task_format 'lrnn'")
+        return table[name]()
+    if name in TASKS:
+        return TASKS[name]()
+    for pattern, factory, _ in _FAMILIES:
+        m = pattern.fullmatch(str(name))
+        if m is not None:
+            try:
+                return factory(m)
+            except ValueError as e:
+                raise ValueError(f"task {name!r}: {e}") from None
+    raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")

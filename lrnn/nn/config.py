@@ -21,6 +21,8 @@ class ModelConfig:
     d_model: int = 64  # residual width D
     layers: int = 2  # number of blocks
     heads: int = 4  # heads H (gla, deltanet, deltaproduct, transformer)
+    head_dim: int = 0  # key / value size per head of deltanet / deltaproduct (0: d_model / heads)
+    out_gate: bool = True  # deltanet / deltaproduct: output gate silu(W_z x) after the head norm
     eigen: Literal["unit", "signed"] = "signed"  # eigenvalue range [0, 1] or [-1, 1]
     n_h: int = 1  # Householder steps per token (deltaproduct)
     d_state: int = 4  # per-channel state size N of the diagonal (Mamba-style) mixer
@@ -30,10 +32,12 @@ class ModelConfig:
     structure: str = "block_diagonal"  # SLiCE structure
     slice_state: int = 0  # SLiCE state size n (0: d_model)
     slice_inputs: int = 16  # SLiCE driving dimension d_in (x_t projected to it)
+    slice_drive: Literal["tanh", "linear"] = "tanh"  # SLiCE drive: tanh(W x + c) or W x + c
     block_size: int = 4  # SLiCE block-diagonal block size
     rank: int = 2  # SLiCE DPLR rank
     mlp_ratio: int = 2  # gated-MLP hidden width = mlp_ratio * d_model (0: no MLP)
-    implementation: str = "auto"  # lrnn.ops implementation: sequential | scan | chunked | auto
+    dropout: float = 0.0  # dropout rate on each block's mixer and MLP outputs (training only)
+    implementation: str = "auto"  # lrnn.ops: sequential | scan | chunked | pallas | auto
     chunk_size: int = 64  # chunk size of chunked ops
     dtype: str = "float32"  # compute dtype (float32 | bfloat16); parameters stay float32
 

@@ -50,7 +50,14 @@ def _no_sequence_axis(mixer: str) -> None:
 # [parallel] end
 
 
-def _heads(cfg: ModelConfig) -> int:
+def _heads(cfg: ModelConfig, head_dim: int = 0) -> int:
+    """The per-head size: ``head_dim`` if set, else ``d_model / heads``."""
+    if cfg.heads < 1:
+        raise ValueError(f"heads must be >= 1, got {cfg.heads}")
+    if head_dim:
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1 (or 0 for d_model / heads), got {head_dim}")
+        return head_dim
     if cfg.d_model % cfg.heads:
         raise ValueError(f"d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
     return cfg.d_model // cfg.heads
@@ -206,33 +213,38 @@ class GLAMixer(nnx.Module):
 class DeltaProductMixer(nnx.Module):
     """DeltaProduct: n_h Householder steps per token; DeltaNet is ``n_h = 1``.
 
-    Keys (and queries) are L2-normalised per head; ``beta = sigmoid`` (eigenvalues ``1 - beta``
-    in [0, 1]) or ``2 sigmoid`` ([-1, 1]); an optional forget gate ``exp(softplus(a) A)``
-    (Gated DeltaNet); an optional short causal convolution with SiLU on q, k and v.
+    q, k and v are ``silu`` of projections (after a short causal convolution if ``conv``), as
+    in fla; keys and queries are L2-normalised per head; ``beta = sigmoid`` (eigenvalues
+    ``1 - beta`` in [0, 1]) or ``2 sigmoid`` ([-1, 1]); an optional forget gate
+    ``exp(softplus(a) A)`` (Gated DeltaNet). Heads have ``head_dim`` (default
+    ``d_model / heads``); the output is a per-head RMSNorm, an optional output gate
+    ``silu(W_z x)`` (``out_gate``) and a projection back to ``d_model``.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        D, H, dh, nh = cfg.d_model, cfg.heads, _heads(cfg), cfg.n_h
+        D, H, dh, nh = cfg.d_model, cfg.heads, _heads(cfg, cfg.head_dim), cfg.n_h
         if nh < 1:
             raise ValueError(f"n_h must be >= 1, got {nh}")
         dt = cfg.compute_dtype
         self.cfg, self.H, self.dh, self.nh = cfg, H, dh, nh
+        inner = H * dh
         self.signed = _signed(cfg)
-        self.q_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
-        self.k_proj = nnx.Linear(D, nh * D, use_bias=False, dtype=dt, rngs=rngs)
-        self.v_proj = nnx.Linear(D, nh * D, use_bias=False, dtype=dt, rngs=rngs)
+        self.q_proj = nnx.Linear(D, inner, use_bias=False, dtype=dt, rngs=rngs)
+        self.k_proj = nnx.Linear(D, nh * inner, use_bias=False, dtype=dt, rngs=rngs)
+        self.v_proj = nnx.Linear(D, nh * inner, use_bias=False, dtype=dt, rngs=rngs)
         self.b_proj = nnx.Linear(D, nh * H, dtype=dt, rngs=rngs)
-        self.z_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+        self.z_proj = (nnx.Linear(D, inner, use_bias=False, dtype=dt, rngs=rngs)
+                       if cfg.out_gate else None)
         if cfg.conv:
-            self.q_conv = CausalConv1D(D, cfg.conv, rngs=rngs, dtype=dt)
-            self.k_conv = CausalConv1D(nh * D, cfg.conv, rngs=rngs, dtype=dt)
-            self.v_conv = CausalConv1D(nh * D, cfg.conv, rngs=rngs, dtype=dt)
+            self.q_conv = CausalConv1D(inner, cfg.conv, rngs=rngs, dtype=dt)
+            self.k_conv = CausalConv1D(nh * inner, cfg.conv, rngs=rngs, dtype=dt)
+            self.v_conv = CausalConv1D(nh * inner, cfg.conv, rngs=rngs, dtype=dt)
         if cfg.forget_gate:
             self.a_proj = nnx.Linear(D, H, dtype=dt, rngs=rngs)
             A0 = jax.random.uniform(rngs.params(), (H,), minval=1, maxval=16)
             self.A_log = nnx.Param(jnp.log(A0))
         self.norm = nnx.RMSNorm(dh, dtype=dt, rngs=rngs)
-        self.out_proj = nnx.Linear(D, D, use_bias=False, dtype=dt, rngs=rngs)
+        self.out_proj = nnx.Linear(inner, D, use_bias=False, dtype=dt, rngs=rngs)
 
     def _raw(self, x):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -252,16 +264,17 @@ class DeltaProductMixer(nnx.Module):
         return q, k, v, beta, gate
 
     def _out(self, o, x):
-        z = self.z_proj(x)
-        o = self.norm(o.astype(z.dtype)).reshape(z.shape)
-        return self.out_proj(o * jax.nn.silu(z))
+        o = self.norm(o.astype(x.dtype))
+        o = o.reshape(o.shape[:-2] + (self.H * self.dh,))
+        if self.z_proj is not None:
+            o = o * jax.nn.silu(self.z_proj(x))
+        return self.out_proj(o)
 
     def _project(self, x):
         q, k, v = self._raw(x)
         if self.cfg.conv:
-            q = jax.nn.silu(self.q_conv(q))
-            k = jax.nn.silu(self.k_conv(k))
-            v = jax.nn.silu(self.v_conv(v))
+            q, k, v = self.q_conv(q), self.k_conv(k), self.v_conv(v)
+        q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
         return self._finish(x, q, k, v)
 
     def eigenvalues(self, x: jax.Array) -> jax.Array:
@@ -294,8 +307,8 @@ class DeltaProductMixer(nnx.Module):
             q, cq = self.q_conv.step(q, cq)
             k, ck = self.k_conv.step(k, ck)
             v, cv = self.v_conv.step(v, cv)
-            q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
             new["conv"] = (cq, ck, cv)
+        q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
         q, k, v, beta, gate = self._finish(x, q, k, v)
         o, new["S"] = ops.delta_product_step(
             q, k, v, beta, gate=gate, state=state["S"], scale=self.dh**-0.5
@@ -318,6 +331,8 @@ class SliceMixer(nnx.Module):
         dt = cfg.compute_dtype
         self.cfg, self.n, self.di = cfg, n, di
         self.structure = cfg.structure
+        if cfg.slice_drive not in ("tanh", "linear"):
+            raise ValueError(f"slice_drive must be 'tanh' or 'linear', got {cfg.slice_drive!r}")
         self.x_proj = nnx.Linear(D, di, dtype=dt, rngs=rngs)
         self.b_proj = nnx.Linear(D, n, use_bias=False, dtype=dt, rngs=rngs)
         self.out_proj = nnx.Linear(n, D, use_bias=False, dtype=dt, rngs=rngs)
@@ -361,7 +376,16 @@ class SliceMixer(nnx.Module):
         return self.weights[...]
 
     def _drive(self, x):
-        return jnp.tanh(self.x_proj(x).astype(jnp.float32)), self.b_proj(x).astype(jnp.float32)
+        xi = self.x_proj(x).astype(jnp.float32)
+        if self.cfg.slice_drive == "tanh":
+            xi = jnp.tanh(xi)
+        return xi, self.b_proj(x).astype(jnp.float32)
+
+    def penalty(self) -> jax.Array:
+        """``||A||_F`` of the structure's weights (SLiCE's regulariser is lambda times the sum
+        of this over the layers; for DPLR the diagonal part, as in SLiCE's code)."""
+        w = self.weights[...].astype(jnp.float32)
+        return jnp.sqrt(jnp.sum(w * w))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xi, b = self._drive(x)

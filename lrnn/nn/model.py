@@ -20,11 +20,25 @@ def make_mixer(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     return MIXERS[cfg.mixer](cfg, rngs=rngs)
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout with an explicit key; the identity when ``key`` is None or rate 0."""
+    if key is None or not rate:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 class Block(nnx.Module):
-    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (gated MLP; omitted if mlp_ratio = 0)."""
+    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (gated MLP; omitted if mlp_ratio = 0).
+
+    With ``cfg.dropout > 0`` and a ``dropout_key``, each branch's output is dropped out.
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dt = cfg.compute_dtype
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+        self.rate = cfg.dropout
         self.norm1 = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
         self.mixer = make_mixer(cfg, rngs=rngs)
         if cfg.mlp_ratio:
@@ -33,12 +47,18 @@ class Block(nnx.Module):
         else:
             self.norm2 = self.mlp = None
 
-    def _mlp(self, x):
-        return x if self.mlp is None else x + self.mlp(self.norm2(x))
+    def _mlp(self, x, key=None):
+        if self.mlp is None:
+            return x
+        return x + dropout(self.mlp(self.norm2(x)), self.rate, key)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         """x: ``[B, T, D]`` -> ``[B, T, D]``."""
-        return self._mlp(x + self.mixer(self.norm1(x)).astype(x.dtype))
+        k1 = k2 = None
+        if dropout_key is not None and self.rate:
+            k1, k2 = jax.random.split(dropout_key)
+        y = dropout(self.mixer(self.norm1(x)).astype(x.dtype), self.rate, k1)
+        return self._mlp(x + y, k2)
 
     def step(self, x: jax.Array, state):
         """x: ``[B, D]`` -> (``[B, D]``, state)."""
@@ -63,16 +83,38 @@ class SequenceModel(nnx.Module):
         self.norm = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
         self.head = nnx.Linear(cfg.d_model, num_classes, dtype=dt, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        """tokens: ``[B, T]`` int -> logits ``[B, T, C]`` (float32)."""
-        x = self.embed(tokens)
-        for blk in self.blocks:
-            x = blk(x)
+    # Vocabularies up to this size embed by a one-hot product instead of a gather: the
+    # gather's gradient is a scatter-add of every token onto few rows, which GPUs serialise.
+    ONE_HOT_VOCAB = 1024
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        table = self.embed.embedding[...]
+        V, dt = table.shape[0], self.embed.dtype or table.dtype
+        if V > self.ONE_HOT_VOCAB:
+            return jnp.take(table, tokens, axis=0).astype(dt)
+        oh = jax.nn.one_hot(tokens, V, dtype=table.dtype)
+        # HIGHEST: exact rows (the default f32 precision may round to TF32 on GPUs)
+        return jnp.dot(oh, table, precision=jax.lax.Precision.HIGHEST).astype(dt)
+
+    def __call__(self, tokens: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """tokens: ``[B, T]`` int -> logits ``[B, T, C]`` (float32).
+
+        ``dropout_key``: a PRNG key to train with dropout (``cfg.dropout``); None evaluates.
+        """
+        x = self._embed(tokens)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, None if dropout_key is None else jax.random.fold_in(dropout_key, i))
         return self.head(self.norm(x)).astype(jnp.float32)
+
+    def penalty(self) -> jax.Array:
+        """Sum over the layers of the mixers' ``penalty()`` (0 for mixers without one): the
+        SLiCE regulariser's ``sum ||A||_F``."""
+        terms = [blk.mixer.penalty() for blk in self.blocks if hasattr(blk.mixer, "penalty")]
+        return sum(terms, jnp.zeros((), jnp.float32))
 
     def mixer_inputs(self, tokens: jax.Array) -> list[jax.Array]:
         """The normalised input each block's mixer sees, ``[B, T, D]`` per layer."""
-        x, out = self.embed(tokens), []
+        x, out = self._embed(tokens), []
         for blk in self.blocks:
             out.append(blk.norm1(x))
             x = blk(x)
@@ -89,7 +131,7 @@ class SequenceModel(nnx.Module):
 
     def step(self, tokens: jax.Array, state):
         """One token per sequence: ``[B]`` ids -> (logits ``[B, C]``, state)."""
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         new = []
         for blk, s in zip(self.blocks, state):
             x, s = blk.step(x, s)

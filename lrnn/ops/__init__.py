@@ -2,10 +2,11 @@
 
 Every op takes ``implementation=`` in "sequential" (``lax.scan`` over tokens: the reference),
 "scan" (``lrnn.scan`` over per-token ``Affine`` elements), "chunked" (pure-JAX chunkwise
-form), "pallas" (``pallas_kernels``) and "auto" ("pallas" on GPU/TPU when the kernel exists,
-else "chunked"). Each op has a single-token ``*_step`` for decoding whose repeated use equals
-the whole sequence, and a ``*_summary`` giving the whole sequence as one monoid element
-(used by sequence parallelism).
+form), "pallas" (``pallas_kernels``) and "auto": the implementation measured fastest for the
+call's shapes on this backend (``lrnn.ops._auto``, from ``experiments/bench/auto.py``'s
+measurements), "chunked" where nothing was measured (TPU today). Each op has a single-token
+``*_step`` for decoding whose repeated use equals the whole sequence, and a ``*_summary``
+giving the whole sequence as one monoid element (used by sequence parallelism).
 """
 
 from lrnn.ops import reference

@@ -97,10 +97,14 @@ def pallas_available(fn_name: str) -> bool:
     return hasattr(mod, fn_name)
 
 
-def resolve_implementation(implementation, op: str, pallas_name: str | None) -> str:
+def resolve_implementation(implementation, op: str, pallas_name: str | None, *,
+                           family: str | None = None, dims: dict | None = None,
+                           dtype=None) -> str:
     """Checks ``implementation`` and replaces "auto" by a concrete choice.
 
-    "auto" is "pallas" on GPU/TPU when the kernel exists, "chunked" otherwise.
+    "auto" is the implementation measured fastest for this op's shapes on this backend
+    (``lrnn.ops._auto``: the rankings of ``experiments/bench/auto.py``), among those that can
+    run here; without ``dims`` or measurements it is "chunked".
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -109,9 +113,14 @@ def resolve_implementation(implementation, op: str, pallas_name: str | None) -> 
     if implementation == "pallas" and pallas_name is None:
         raise ValueError(f"{op}: there is no 'pallas' implementation of this op")
     if implementation == "auto":
+        from lrnn.ops import _auto
+
+        available = ("sequential", "scan", "chunked")
         if pallas_name is not None and pallas_available(pallas_name):
-            return "pallas"
-        return "chunked"
+            available += ("pallas",)
+        if family is None or dims is None:
+            return _auto.FALLBACK
+        return _auto.choose(family, dims, dtype, available)
     return implementation
 
 

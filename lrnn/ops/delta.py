@@ -309,7 +309,10 @@ def delta_product(
 
 def _delta(q, k, v, beta, gate, S0, scale, chunk_size, implementation, chunk_combine,
            axis_name, exchange, op):
-    impl = c.resolve_implementation(implementation, op, "delta_product")
+    B, T, H, n_h, dk = k.shape
+    impl = c.resolve_implementation(
+        implementation, op, "delta_product", family="delta" if n_h == 1 else "delta_product",
+        dims=dict(B=B, T=T, H=H, dk=dk, n_h=n_h), dtype=c.out_dtype(q, k, v))
     c.check_positive_int(chunk_size, "chunk_size", op)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", op)
     c.check_scale(scale, op)

@@ -260,7 +260,9 @@ def gated_linear_attention(
       state in at least float32.
     """
     q, k, v, gate, S0 = _validate(q, k, v, gate, initial_state)
-    impl = c.resolve_implementation(implementation, _OP, "gated_linear_attention")
+    B, T, H, dk = k.shape
+    impl = c.resolve_implementation(implementation, _OP, "gated_linear_attention", family="gla",
+                                    dims=dict(B=B, T=T, H=H, dk=dk), dtype=c.out_dtype(q, k, v))
     c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
     c.check_scale(scale, _OP)

@@ -112,7 +112,9 @@ def linear_recurrence(
       h ``[B, T, D]`` in the dtype of the inputs (arithmetic in at least float32).
     """
     a, b, h0 = _validate(a, b, h0)
-    impl = c.resolve_implementation(implementation, _OP, "linear_recurrence")
+    impl = c.resolve_implementation(
+        implementation, _OP, "linear_recurrence", family="linear_recurrence",
+        dims=dict(B=a.shape[0], T=a.shape[1], H=1, dk=a.shape[2]), dtype=c.out_dtype(a, b))
     c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
     out_dt = c.out_dtype(a, b)
