@@ -374,32 +374,42 @@ def restore_latest(out: Path, state, keep: int = 2):
     return state, int(step)
 
 
+def _checkpoint_steps(out: Path) -> set[int]:
+    """The steps of the checkpoints in ``out/checkpoints`` (read without creating anything)."""
+    d = out / "checkpoints"
+    return {int(p.name) for p in d.iterdir() if p.name.isdigit()} if d.is_dir() else set()
+
+
+def _common_step(outs: list[Path]) -> int:
+    """The newest checkpoint step every seed of an ensemble has (0: none has any).
+
+    Seeds with checkpoints beside seeds without any in common (a seed added to a trained
+    ensemble) are refused: training all of them again would drop the trained seeds' records.
+    """
+    steps = [_checkpoint_steps(o) for o in outs]
+    if not any(steps):
+        return 0
+    common = set.intersection(*steps)
+    if not common:
+        desc = ", ".join(f"{o.name}: {sorted(s) or 'none'}" for o, s in zip(outs, steps))
+        raise ValueError(f"the ensemble's seeds have no checkpoint step in common ({desc}); "
+                         "train the new seeds in a directory of their own")
+    return max(common)
+
+
 def _restore_ensemble(outs: list[Path], state, keep: int):
     """``(stacked state, step)`` from the newest step every seed has a checkpoint of.
 
     Checkpoints newer than that step (a kill between the seeds' saves leaves some) are
-    deleted, so the resumed run writes them again. Seeds with checkpoints beside seeds with
-    none (a seed added to a trained ensemble) are refused: training all of them again would
-    drop the trained seeds' records.
+    deleted, so the resumed run writes them again.
     """
-    steps = []
-    for out in outs:
-        mngr = _manager(out, keep)
-        steps.append(set(mngr.all_steps()))
-        mngr.close()
-    have = [bool(s) for s in steps]
-    if not any(have):
+    step = _common_step(outs)
+    if not step:
         return state, 0
-    common = set.intersection(*steps)
-    if not all(have) or not common:
-        desc = ", ".join(f"{o.name}: {sorted(s) or 'none'}" for o, s in zip(outs, steps))
-        raise ValueError(f"the ensemble's seeds have no checkpoint step in common ({desc}); "
-                         "train the new seeds in a directory of their own")
-    step = max(common)
     parts = []
     for s, out in enumerate(outs):
         mngr = _manager(out, keep)
-        for newer in sorted(x for x in steps[s] if x > step):
+        for newer in sorted(x for x in mngr.all_steps() if x > step):
             mngr.delete(newer)
         parts.append(mngr.restore(step, args=ocp.args.StandardRestore(
             _abstract(_unstack(state, s)))))
@@ -470,12 +480,13 @@ def train(cfg: Config, *, stop_at: int | None = None):
                          f"is {task.kind!r}")
     lead = jax.process_index() == 0  # multi-host: one process writes logs; all checkpoint
     outs = [Path(r.out) for r in runs]
+    setup = Setup(cfg, task, mesh)  # builds the model: a bad shape fails before any write
+    if stacked:
+        _common_step(outs)  # refuses seeds without a common checkpoint before any write
     for r, out in zip(runs, outs):
         out.mkdir(parents=True, exist_ok=True)
         if lead:
             (out / "config.json").write_text(json.dumps(dataclasses.asdict(r), indent=2) + "\n")
-
-    setup = Setup(cfg, task, mesh)
     state, start = setup.restore()
     rest, layout = setup.rest, setup.layout
     mpaths = [out / "metrics.jsonl" for out in outs]

@@ -71,6 +71,7 @@ def test_ensemble_killed_between_seed_saves_resumes(tmp_path):
     more = dataclasses.replace(cfg, seeds=(0, 1, 2))
     with pytest.raises(ValueError, match="no checkpoint step in common"):
         train(more)
+    assert not (tmp_path / "k" / "seed_2").exists()  # refused before anything was written
     steps = [json.loads(x)["step"] for x in open(tmp_path / "k" / "seed_0" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -90,7 +91,10 @@ def test_ensemble_rejects_repeated_seeds_and_meshes(tmp_path):
         train(tiny(tmp_path, "a", seeds=(1, 1)))
     with pytest.raises(ValueError, match="drop --mesh"):
         train(tiny(tmp_path, "b", seeds=(1, 2), mesh="data=2"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="divisible by heads=3"):
+        train(tiny(tmp_path, "c", heads=3))  # fails building the model: nothing written
+    for name in "abc":
+        assert not (tmp_path / name).exists()
 
 
 def test_fixed_training_set_is_visited_in_epochs(tmp_path):
