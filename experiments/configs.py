@@ -223,12 +223,20 @@ def _slice_a5(model: str) -> dict:
     batch 256 plus 25 words of length 2 each step, one length at a time (``--length L``, L in
     2..20) with 20% of the words of that length held out and used for validation, early stop
     at validation accuracy > 0.999 (every 10k of at most 1M steps)."""
-    o = dict(layers=1, d_model=128, lr=2e-3, batch=256, steps=1_000_000, warmup=100_000,
-             end_lr_ratio=5e-3, weight_decay=1e-2, no_decay=("embed",), dropout=0.1,
-             clip=0.0, length=20, holdout=0.2, aux_batch=25, aux_length=2,
-             val_every=10_000, val_size=8192, early_stop=0.999, eval_per_length=8192,
-             log_every=1000, ckpt_every=10_000, mlp_ratio=2)
-    o.update(_slice_model(model, block_size=8))
+    return _slice_common(model, block_size=8, layers=1, steps=1_000_000, warmup=100_000,
+                         dropout=0.1, length=20, holdout=0.2, aux_batch=25, aux_length=2,
+                         val_every=10_000, early_stop=0.999, eval_per_length=8192,
+                         log_every=1000, ckpt_every=10_000)
+
+
+def _slice_common(model: str, block_size: int, **protocol) -> dict:
+    """What SLiCE's two protocols share (width 128, AdamW 2e-3 with weight decay 1e-2 but none
+    on the embedding, cosine to 1e-5, batch 256, no clipping, validation on 8192 sequences),
+    their model options, then ``protocol``."""
+    o = dict(d_model=128, lr=2e-3, batch=256, end_lr_ratio=5e-3, weight_decay=1e-2,
+             no_decay=("embed",), clip=0.0, val_size=8192, mlp_ratio=2)
+    o.update(_slice_model(model, block_size))
+    o.update(protocol)
     return o
 
 
@@ -246,7 +254,7 @@ def _slice_model(model: str, block_size: int) -> dict:
 def _slice(task: str, model: str) -> dict:
     """SLiCE's formal-language protocol (train.py / run_experiment.py of
     Benjamin-Walker/structured-linear-cdes): 2 blocks of width 128, block-diagonal with blocks
-    of 4 (init std 0.5), lr 2e-3, batch 256, 100k steps, 10% warmup then cosine to 1e-5, AdamW
+    of 4, lr 2e-3, batch 256, 100k steps, 10% warmup then cosine to 1e-5, AdamW
     weight decay 1e-2 (0 on the embedding), dropout 0.01, the regulariser 1e-3 ||A||, train
     lengths 3-40, validation on 8192 sequences of lengths 40-256 every 5000 steps with early
     stopping above 0.9995. On group tasks: its A5 protocol."""
@@ -255,13 +263,10 @@ def _slice(task: str, model: str) -> dict:
     if task not in _SLICE_TASKS:
         raise ValueError(f"preset 'slice' is defined for {', '.join(_SLICE_TASKS)} and the "
                          f"group word problems, not {task!r}")
-    o = dict(layers=2, d_model=128, lr=2e-3, batch=256, steps=100_000, warmup=10_000,
-             end_lr_ratio=5e-3, weight_decay=1e-2, no_decay=("embed",), dropout=0.01,
-             clip=0.0, train_min=3, train_max=40, test_min=40, test_max=256,
-             val_every=5000, val_size=8192, early_stop=0.9995, eval_per_length=256,
-             log_every=500, ckpt_every=5000, mlp_ratio=2)
-    o.update(_slice_model(model, block_size=4))
-    return o
+    return _slice_common(model, block_size=4, layers=2, steps=100_000, warmup=10_000,
+                         dropout=0.01, train_min=3, train_max=40, test_min=40, test_max=256,
+                         val_every=5000, early_stop=0.9995, eval_per_length=256,
+                         log_every=500, ckpt_every=5000)
 
 
 def _gpu(task: str, model: str) -> dict:

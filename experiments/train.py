@@ -284,9 +284,10 @@ def train_batch(cfg: Config, task, data_key, step):
     pool = jax.random.fold_in(data_key, _POOL)
     g = step * B + jnp.arange(B)  # global example counter
     e0 = (step * B) // N
-    perm = lambda e: jax.random.permutation(jax.random.fold_in(pool, e), N)
+    orders, examples = jax.random.fold_in(pool, 0), jax.random.fold_in(pool, 1)
+    perm = lambda e: jax.random.permutation(jax.random.fold_in(orders, e), N)
     idx = jnp.where(g // N == e0, perm(e0)[g % N], perm(e0 + 1)[g % N])
-    keys = jax.vmap(lambda j: jax.random.fold_in(pool, j))(idx)
+    keys = jax.vmap(lambda j: jax.random.fold_in(examples, j))(idx)
     x, y, m = jax.vmap(lambda k: task.train_batch(k, 1))(keys)
     return x[:, 0], y[:, 0], m[:, 0]
 
@@ -714,7 +715,8 @@ class Evaluator:
 
         lengths = np.asarray(lengths, np.int64)
         order = np.argsort(lengths, kind="stable")
-        out = np.zeros(((len(params_seeds(params)),) if self.stacked else ()) + (len(order),))
+        seeds = (jax.tree.leaves(params)[0].shape[0],) if self.stacked else ()
+        out = np.zeros(seeds + (len(order),))
         s, b = 0, 0
         bar = tqdm(total=len(order), disable=not progress, desc="eval", leave=False)
         while s < len(order):
@@ -754,12 +756,6 @@ class Evaluator:
             hits, prefix = hits + np.asarray(h, np.int64), prefix + np.asarray(p, np.int64)
             done, b = done + n, b + 1
         return np.asarray(hits), np.asarray(prefix)
-
-
-def params_seeds(params) -> list:
-    """The seed axis of a stacked parameter tree, as a list (its length is the ensemble size)."""
-    leaf = jax.tree.leaves(params)[0]
-    return list(range(leaf.shape[0]))
 
 
 def _split_model(models):
