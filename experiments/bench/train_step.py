@@ -14,6 +14,10 @@ For each (model, implementation) it reports, in ms per step:
 - ``dispatch``: a jitted identity over the same donated train state (the host cost of a call);
 - ``kernels``: instructions of the compiled step's entry computation that launch work
   (fusions, custom calls, loops, copies), a proxy for kernel launches;
+- ``profile`` (with ``--profile N``): N steps under ``jax.profiler``: device kernels launched
+  per step, their summed device time per step (``busy_ms``) against the span from the first
+  kernel's start to the last one's end (``span_ms``; the difference is idle gaps), and the ops
+  that take the most device time (by HLO op where the trace names it);
 and with ``--seeds N`` the same for an ensemble of N seeds trained as one vmapped model.
 """
 
@@ -68,9 +72,60 @@ def count_kernels(hlo_text: str) -> dict:
     return {"total": sum(kinds.values()), **kinds}
 
 
+def profile_steps(fn, n: int, top: int = 25) -> dict:
+    """Run ``fn`` (one step) ``n`` times under ``jax.profiler`` and summarise the device plane."""
+    import glob
+
+    import jax
+    from jax.profiler import ProfileData
+
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as d:
+        jax.profiler.start_trace(d)
+        for _ in range(n):
+            out = fn()
+        jax.block_until_ready(out)
+        jax.profiler.stop_trace()
+        files = glob.glob(f"{d}/**/*.xplane.pb", recursive=True)
+        if not files:
+            return {"error": "no trace written"}
+        data = ProfileData.from_file(files[0])
+    by_op: dict[str, list] = {}
+    starts, ends, count = [], [], 0
+    lines_seen = {}
+    for plane in data.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            events = list(line.events)
+            lines_seen[f"{plane.name}/{line.name}"] = len(events)
+            if not line.name.lower().startswith("stream"):
+                continue
+            for e in events:
+                stats = dict(e.stats)
+                key = str(stats.get("hlo_op") or e.name)[:80]
+                rec = by_op.setdefault(key, [0, 0.0])
+                rec[0] += 1
+                rec[1] += e.duration_ns
+                starts.append(e.start_ns)
+                ends.append(e.start_ns + e.duration_ns)
+                count += 1
+    if not count:
+        return {"error": "no device kernels in the trace", "lines": lines_seen}
+    busy = sum(v[1] for v in by_op.values())
+    ops = sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"steps": n, "kernels_per_step": round(count / n, 1),
+            "busy_ms": round(busy / n / 1e6, 4),
+            "span_ms": round((max(ends) - min(starts)) / n / 1e6, 4),
+            "top": [{"op": k, "calls_per_step": round(v[0] / n, 1),
+                     "ms_per_step": round(v[1] / n / 1e6, 4),
+                     "share": round(v[1] / busy, 3)} for k, v in ops],
+            "lines": lines_seen}
+
+
 def bench_one(task_name: str, model: str, impl: str, preset: str, steps: int, loop_steps: int,
               seeds: int = 1, overrides: dict | None = None, dump_hlo: str = "",
-              parts: bool = True) -> dict:
+              parts: bool = True, profile: int = 0) -> dict:
     import jax
 
     from experiments import train as tr
@@ -115,6 +170,8 @@ def bench_one(task_name: str, model: str, impl: str, preset: str, steps: int, lo
         box["s"], m = compiled(box["s"], *args)
     jax.block_until_ready(box["s"])
     rec["step"] = round((time.perf_counter() - t0) / steps * 1e3, 4)
+    if profile:
+        rec["profile"] = profile_steps(one, profile)
 
     ident = jax.jit(lambda s: s, donate_argnums=0)
     box["s"] = ident(box["s"])
@@ -179,9 +236,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="JSON file to write")
     p.add_argument("--dump-hlo", default="", help="directory for the compiled steps' HLO text")
     p.add_argument("--no-parts", action="store_true", help="skip the model-only fwd / fwd_bwd")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="trace N steps with jax.profiler and report the device time by op")
     a = p.parse_args(argv)
     if a.steps < 1:
         p.error("--steps must be >= 1")
+    if a.profile < 0:
+        p.error("--profile must be >= 0")
     overrides = {}
     for item in a.set:
         k, _, v = item.partition("=")
@@ -193,7 +254,7 @@ def main(argv=None) -> int:
                 try:
                     r = bench_one(a.task, model, impl, a.preset, a.steps,
                                   a.loop_steps if n == 1 else 0, n, overrides, a.dump_hlo,
-                                  not a.no_parts)
+                                  not a.no_parts, a.profile)
                 except Exception as e:  # noqa: BLE001 - record and go on
                     r = {"model": model, "implementation": impl, "seeds": n,
                          "error": f"{type(e).__name__}: {str(e)[:300]}"}
@@ -213,6 +274,17 @@ def main(argv=None) -> int:
                                                  fb=r.get("fwd_bwd", "-"),
                                                  lp=r.get("loop", "-"),
                                                  k=r["kernels"]["total"]))
+    for r in rows:
+        prof = r.get("profile") or {}
+        if "top" in prof:
+            print(f"\n{r['model']} {r['implementation']} seeds={r['seeds']}: "
+                  f"{prof['kernels_per_step']} kernels/step, busy {prof['busy_ms']} ms, "
+                  f"span {prof['span_ms']} ms")
+            for o in prof["top"][:15]:
+                print(f"  {o['ms_per_step']:8.4f} ms {o['share']:6.1%} x{o['calls_per_step']:<6} "
+                      f"{o['op']}")
+        elif prof:
+            print(r["model"], r["implementation"], "profile:", prof)
     return 0
 
 
