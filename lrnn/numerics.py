@@ -34,7 +34,8 @@ from lrnn import _compat, ops
 
 __all__ = ["OPS", "random_inputs", "run_op", "compare", "NumericsTable", "main"]
 
-OPS = ("linear_recurrence", "gated_linear_attention", "delta_product", "delta_rule")
+OPS = ("linear_recurrence", "gated_linear_attention", "delta_product", "delta_rule",
+       "selective_scan")
 METRICS = ("output", "final_state", "grad")
 
 
@@ -67,7 +68,7 @@ def random_inputs(
     Args:
       op: one of :data:`OPS`.
       batch, length, heads, dk, dv, n_h: B, T, H, dk, dv, n_h (``linear_recurrence`` uses
-        D = dk).
+        D = dk; ``selective_scan`` D = dk channels of N = dv states each).
       gate: "head" (``[B, T, H]``), "key" (``[B, T, H, dk]``, GLA only) or "none" (delta ops
         only).
       gate_low: gate magnitudes are uniform in ``[gate_low, 1]``.
@@ -88,6 +89,15 @@ def random_inputs(
                "b": rng.normal(size=(B, T, dk))}
         if initial_state:
             out["h0"] = rng.normal(size=(B, dk))
+        return out
+    if op == "selective_scan":
+        # step sizes around Mamba's initial range, decays exp(delta A) in (0.37, 1)
+        out = {"u": rng.normal(size=(B, T, dk)),
+               "delta": rng.uniform(1e-3, 0.5, (B, T, dk)),
+               "A": -rng.uniform(0.5, 2.0, (dk, dv)),
+               "Bm": rng.normal(size=(B, T, dv)), "Cm": rng.normal(size=(B, T, dv))}
+        if initial_state:
+            out["h0"] = rng.normal(size=(B, dk, dv))
         return out
     out = {"q": rng.normal(size=(B, T, H, dk))}
     if op == "gated_linear_attention":
@@ -115,12 +125,18 @@ def random_inputs(
 def run_op(op: str, inputs: dict, implementation: str, **kwargs):
     """Calls ``lrnn.ops.<op>`` on ``inputs``; returns ``(output, final_state)``.
 
-    ``linear_recurrence`` has no separate final state: its last output is used.
+    ``linear_recurrence`` and ``selective_scan`` have no separate final state: the last
+    output is used. ``selective_scan`` runs with ``signed=True`` unless told otherwise.
     """
     if op == "linear_recurrence":
         h = ops.linear_recurrence(inputs["a"], inputs["b"], inputs.get("h0"),
                                   implementation=implementation, **kwargs)
         return h, h[:, -1]
+    if op == "selective_scan":
+        kwargs = {"signed": True, **kwargs}  # eigenvalues in [-1, 1]: the harder case
+        y = ops.selective_scan(*(inputs[n] for n in ("u", "delta", "A", "Bm", "Cm")),
+                               inputs.get("h0"), implementation=implementation, **kwargs)
+        return y, y[:, -1]
     fn = getattr(ops, op)
     args = [inputs[n] for n in (("q", "k", "v", "gate") if op == "gated_linear_attention"
                                 else ("q", "k", "v", "beta"))]

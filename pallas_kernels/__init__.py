@@ -9,6 +9,11 @@ kernels run with `interpret=True` (the default there), which is how CI tests the
 - `gated_linear_attention(q, k, v, gate, ...)`: gates per head or per key, signed.
 - `delta_product(q, k, v, beta, gate=None, ...)`: n_h Householder steps per token (WY form);
   DeltaNet (n_h = 1) and Gated DeltaNet are special cases.
+- `delta_recurrent(q, k, v, beta, ...)`: the same recurrence token by token in one fused
+  kernel each way (fla's "fused recurrent"); `delta_product(recurrent=None)` uses it on a GPU
+  for short sequences. GPU lowering only.
+- `selective_scan(u, delta, A, Bm, Cm, h0=None, ...)`: Mamba's selective scan fused (the
+  `[B, T, D, N]` gates and states never built); GPU lowering only.
 Each has a backward kernel behind `jax.custom_vjp`. GLA and DeltaProduct also have a
 chunk-parallel organisation (`chunk_parallel`; `gla_chunk.py`, `delta_chunk.py`): only the
 chunk-to-chunk state products stay sequential, as in fla. It is the default for 16-bit inputs
@@ -37,7 +42,10 @@ loop lives inside the kernel.
 """
 
 from pallas_kernels.delta_product import delta_product
+from pallas_kernels.delta_recurrent import delta_recurrent
 from pallas_kernels.gla import gated_linear_attention
 from pallas_kernels.linear_recurrence import linear_recurrence
+from pallas_kernels.selective_scan import selective_scan
 
-__all__ = ["linear_recurrence", "gated_linear_attention", "delta_product"]
+__all__ = ["linear_recurrence", "gated_linear_attention", "delta_product", "delta_recurrent",
+           "selective_scan"]

@@ -358,9 +358,27 @@ def gate_grad_tokens(per_t, ht, dht):
 _core.defvjp(_core_fwd_rule, _core_bwd_rule)
 
 
+def recurrent_default(T: int, n_h: int, dk: int, dv: int, dtype) -> bool:
+    """Whether `delta_product` runs the token-by-token kernel by default on a GPU.
+
+    Measured on an H200 (`python -m experiments.bench.delta_recurrent`,
+    `benchmarks/kernels/delta_recurrent_h200.json`, fwd + bwd): in float32 it beat the
+    chunkwise kernels at every shape (2.2-4.5x at T n_h <= 512 with heads of 32, even at
+    T = 2048, 1.1-1.3x with heads of 128); in bfloat16 the chunk-parallel kernels
+    (`delta_chunk.py`) beat it at every shape. So: float32 and `T n_h <= RECURRENT_MAX_L`.
+    """
+    return (jnp.dtype(dtype) == F32 and T * n_h <= RECURRENT_MAX_L
+            and max(dk, dv) <= RECURRENT_MAX_D)
+
+
+RECURRENT_MAX_L = 2048  # the longest measured (a tie there: 6.20 ms against 6.32)
+RECURRENT_MAX_D = 128  # the widest measured
+
+
 def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, chunk_size=64,
                   interpret=None, block_v=None, num_warps=4, precompute_inverse=None,
-                  chunk_parallel=None, block_v_chunk=None, _target=None, _layout=None):
+                  chunk_parallel=None, block_v_chunk=None, recurrent=None, _target=None,
+                  _layout=None):
     """DeltaProduct (n_h Householder steps per token), chunkwise WY form, Pallas kernels.
 
     Args:
@@ -390,6 +408,10 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         TPU not measured). `precompute_inverse` does not apply.
       block_v_chunk: with `chunk_parallel`, the value tile of the chunk-parallel kernels
         (default: the whole value dim up to 128; `block_v` tiles the sequential ones).
+      recurrent: run `pallas_kernels.delta_recurrent` instead (token by token, one fused kernel
+        each way, no chunks; the chunk options do not apply). None (default): on a GPU where
+        `recurrent_default` says so (short sequences, from the measurements in
+        `benchmarks/kernels/delta_recurrent_h200.json`), off elsewhere.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
@@ -418,6 +440,13 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
     if C < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size}")
     dtype = jnp.promote_types(q.dtype, k.dtype)
+    if recurrent is None:
+        recurrent = platform == "gpu" and recurrent_default(T, n_h, dk, v.shape[-1], dtype)
+    if recurrent:
+        from pallas_kernels.delta_recurrent import delta_recurrent
+
+        return delta_recurrent(q, k, v, beta, gate=gate, initial_state=initial_state,
+                               scale=scale, interpret=interpret, _target=_target)
     bv = block_v if block_v is not None else cm.value_tile(dv, platform)
     if platform == "gpu" and dtype == F32:
         # f32 inputs use 3xTF32 dots on GPU; at C = 64, BV = 64 they asked for 262-344 KB of

@@ -63,7 +63,7 @@ def test_implementations_agree_with_gradients():
     cfg = dataclasses.replace(BASE, mixer="diagonal", eigen="signed", layers=1, mlp_ratio=0)
     tokens = jax.random.randint(jax.random.key(2), (2, T), 0, 5)
     outs, grads = {}, {}
-    for impl in ("sequential", "chunked"):
+    for impl in ("sequential", "chunked", "pallas"):  # pallas: the fused selective scan
         model = SequenceModel(dataclasses.replace(cfg, implementation=impl), 5, 3,
                               rngs=nnx.Rngs(0))
         gdef, params = nnx.split(model, nnx.Param)
@@ -72,6 +72,8 @@ def test_implementations_agree_with_gradients():
         grads[impl] = jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
     assert _rel(outs["chunked"], outs["sequential"]) < 1e-5
     assert _rel(grads["chunked"], grads["sequential"]) < 1e-4
+    assert _rel(outs["pallas"], outs["sequential"]) < 1e-5
+    assert _rel(grads["pallas"], grads["sequential"]) < 1e-4
 
 
 def test_eigenvalue_ranges():

@@ -79,13 +79,30 @@ def test_linear_recurrence_gpu(dtype, tol):
     _check(f_pk, f_ref, [a, b, h0], names, dtype, tol, tol)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+def test_selective_scan_gpu(dtype, tol, signed):
+    # the paper preset's mixer width (D 256, N 16), T = 300 (not a power of two), an h0
+    from lrnn import ops
+    from lrnn.numerics import random_inputs
+
+    x = random_inputs("selective_scan", batch=4, length=300, dk=256, dv=16, seed=1)
+    names = ["u", "delta", "A", "Bm", "Cm", "h0"]
+    f = lambda impl: lambda *xs: (lambda y: (y, y[:, -1]))(
+        ops.selective_scan(*xs, signed=signed, implementation=impl))
+    _check(f("pallas"), f("sequential"), [x[n] for n in names], names, dtype, tol, tol)
+
+
 @pytest.mark.parametrize("n_h, gated, dtype, tol, pre", [
     (1, False, jnp.float32, 2e-5, False), (2, True, jnp.float32, 2e-5, False),
     (1, True, jnp.bfloat16, 3e-2, False), (3, False, jnp.bfloat16, 3e-2, False),
     (2, True, jnp.bfloat16, 3e-2, True),
     # pallas_kernels.delta_chunk (opt-in chunk_parallel=True)
     (1, False, jnp.bfloat16, 3e-2, "chunk"), (2, True, jnp.bfloat16, 3e-2, "chunk"),
-    (1, True, jnp.float32, 2e-5, "chunk")])
+    (1, True, jnp.float32, 2e-5, "chunk"),
+    # pallas_kernels.delta_recurrent (token by token; recurrent=True)
+    (1, False, jnp.float32, 2e-5, "recurrent"), (2, True, jnp.float32, 2e-5, "recurrent"),
+    (1, True, jnp.bfloat16, 3e-2, "recurrent"), (3, False, jnp.bfloat16, 3e-2, "recurrent")])
 def test_delta_product_gpu(n_h, gated, dtype, tol, pre):
     rng = np.random.default_rng(n_h)
     B, T, H, dk, dv, scale = 2, 333, 2, 128, 128, 128**-0.5
@@ -101,11 +118,11 @@ def test_delta_product_gpu(n_h, gated, dtype, tol, pre):
 
     def f_pk(*xs):
         q, k, v, b, g, h0 = split(xs)
-        if pre == "chunk":
+        if pre in ("chunk", "recurrent"):
             return pk.delta_product(q, k, v, b, gate=g, initial_state=h0, scale=scale,
-                                    chunk_parallel=True)
+                                    chunk_parallel=pre == "chunk", recurrent=pre == "recurrent")
         return pk.delta_product(q, k, v, b, gate=g, initial_state=h0, scale=scale,
-                                precompute_inverse=pre)
+                                precompute_inverse=pre, recurrent=False)
 
     def f_ref(*xs):
         return jax_delta_product(*split(xs), scale)

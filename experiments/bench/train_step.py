@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -216,7 +217,8 @@ def _meta() -> dict:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)),
             "jax": jax.__version__, "python": platform.python_version(),
-            "command": "python -m experiments.bench.train_step " + " ".join(sys.argv[1:])}
+            "command": "python -m experiments.bench.train_step " + " ".join(sys.argv[1:]),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}  # e.g. command buffers turned off
 
 
 def main(argv=None) -> int:

@@ -102,7 +102,9 @@ class DiagonalMixer(nnx.Module):
         return a, b, Cm
 
     def _out(self, h, Cm, u, z):
-        y = jnp.einsum("...cn,...n->...c", h.astype(jnp.float32), Cm)
+        return self._readout(jnp.einsum("...cn,...n->...c", h.astype(jnp.float32), Cm), u, z)
+
+    def _readout(self, y, u, z):
         y = y + self.skip[...] * u.astype(jnp.float32)
         y = y.astype(z.dtype) * jax.nn.silu(z)
         return self.out_proj(y)
@@ -120,16 +122,18 @@ class DiagonalMixer(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: ``[B, T, D]`` -> ``[B, T, D]``."""
-        B, T, _ = x.shape
         u, z = self._inputs(x)
         if self.conv is not None:
             u = jax.nn.silu(self.conv(u))
-        a, b, Cm = self._gates(u)
-        h = ops.linear_recurrence(
-            a.reshape(B, T, -1), b.reshape(B, T, -1), implementation=self.cfg.implementation,
+        # the fused op: with "pallas" (GPU) the [B, T, Di, N] gates and states are never built
+        dt = self.dt_proj(u).astype(jnp.float32)
+        Bm, Cm = jnp.split(self.bc_proj(u).astype(jnp.float32), 2, axis=-1)
+        y = ops.selective_scan(
+            u.astype(jnp.float32), jax.nn.softplus(dt), -jnp.exp(self.A_log[...]), Bm, Cm,
+            signed=self.signed, implementation=self.cfg.implementation,
             chunk_size=self.cfg.chunk_size, **parallel.axis_kwargs(),  # [parallel] time sharding
-        ).reshape(B, T, self.inner, self.n)
-        return self._out(h, Cm, u, z)
+        )
+        return self._readout(y, u, z)
 
     def init_state(self, batch: int, max_len: int = 0):
         conv = self.conv.init_state(batch) if self.conv is not None else None

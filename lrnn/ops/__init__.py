@@ -24,6 +24,7 @@ from lrnn.ops.linear_recurrence import (
     linear_recurrence_step,
     linear_recurrence_summary,
 )
+from lrnn.ops.selective import selective_gates, selective_scan, selective_scan_step
 from lrnn.ops.structured import (
     structured_recurrence,
     structured_recurrence_step,
@@ -43,6 +44,9 @@ __all__ = [
     "delta_rule",
     "delta_rule_step",
     "delta_summary",
+    "selective_scan",
+    "selective_scan_step",
+    "selective_gates",
     "structured_recurrence",
     "structured_recurrence_step",
     "structured_summary",

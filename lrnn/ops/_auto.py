@@ -37,7 +37,8 @@ def choose(family: str, dims: dict, dtype, available: tuple[str, ...],
 
     Args:
       family: "linear_recurrence" | "gla" | "delta" (n_h = 1) | "delta_product" (without
-        points of its own: those of "delta") | any other (no measurements: the fallback).
+        points of its own: those of "delta") | "selective" (Mamba's scan, ``dk = D N``) | any
+        other (no measurements: the fallback).
       dims: ``B, T, H, dk`` (and ``n_h``) of the call; ``H = 1`` and ``dk = D`` for the
         diagonal recurrence.
       dtype: the inputs' dtype.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["linear_recurrence", "gated_linear_attention", "delta_product", "delta_rule",
-           "structured_recurrence"]
+           "structured_recurrence", "selective_scan"]
 
 
 def _f64(*xs):
@@ -26,6 +26,24 @@ def linear_recurrence(a, b, h0=None):
         h = a[:, t] * h + b[:, t]
         out[:, t] = h
     return out
+
+
+def selective_scan(u, delta, A, Bm, Cm, h0=None, signed=False):
+    """Mamba: ``h_t = a_t * h_{t-1} + delta_t u_t B_t`` per channel with ``a_t = exp(delta_t A)``
+    (``2a - 1`` if signed), ``y_t = h_t C_t``; u, delta ``[B, T, D]``, A ``[D, N]``, Bm, Cm
+    ``[B, T, N]``, h0 ``[B, D, N]`` -> y ``[B, T, D]``."""
+    u, delta, A, Bm, Cm, h0 = _f64(u, delta, A, Bm, Cm, h0)
+    B, T, D = u.shape
+    h = np.zeros((B, D, A.shape[1])) if h0 is None else h0.copy()
+    y = np.zeros((B, T, D))
+    for t in range(T):
+        for d in range(D):
+            a = np.exp(delta[:, t, d, None] * A[d])
+            if signed:
+                a = 2.0 * a - 1.0
+            h[:, d] = a * h[:, d] + (delta[:, t, d] * u[:, t, d])[:, None] * Bm[:, t]
+            y[:, t, d] = np.sum(h[:, d] * Cm[:, t], axis=-1)
+    return y
 
 
 def gated_linear_attention(q, k, v, gate, initial_state=None, scale=1.0):
