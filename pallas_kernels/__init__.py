@@ -13,7 +13,8 @@ kernels run with `interpret=True` (the default there), which is how CI tests the
   kernel each way (fla's "fused recurrent"); `delta_product(recurrent=None)` uses it on a GPU
   for short sequences. GPU lowering only.
 - `selective_scan(u, delta, A, Bm, Cm, h0=None, ...)`: Mamba's selective scan fused (the
-  `[B, T, D, N]` gates and states never built); GPU lowering only.
+  `[B, T, D, N]` gates never built, the states written once for the backward); GPU lowering
+  only.
 Each has a backward kernel behind `jax.custom_vjp`. GLA and DeltaProduct also have a
 chunk-parallel organisation (`chunk_parallel`; `gla_chunk.py`, `delta_chunk.py`): only the
 chunk-to-chunk state products stay sequential, as in fla. It is the default for 16-bit inputs

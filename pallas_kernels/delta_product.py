@@ -358,21 +358,22 @@ def gate_grad_tokens(per_t, ht, dht):
 _core.defvjp(_core_fwd_rule, _core_bwd_rule)
 
 
-def recurrent_default(T: int, n_h: int, dk: int, dv: int, dtype) -> bool:
-    """Whether `delta_product` runs the token-by-token kernel by default on a GPU.
-
-    Measured on an H200 (`python -m experiments.bench.delta_recurrent`,
-    `benchmarks/kernels/delta_recurrent_h200.json`, fwd + bwd): in float32 it beat the
-    chunkwise kernels at every shape (2.2-4.5x at T n_h <= 512 with heads of 32, even at
-    T = 2048, 1.1-1.3x with heads of 128); in bfloat16 the chunk-parallel kernels
-    (`delta_chunk.py`) beat it at every shape. So: float32 and `T n_h <= RECURRENT_MAX_L`.
-    """
+def recurrent_default(B: int, T: int, H: int, n_h: int, dk: int, dv: int, dtype) -> bool:
+    """Whether `delta_product` runs the token-by-token kernel by default on a GPU: where it
+    measured faster than the chunkwise kernels (`python -m experiments.bench.delta_recurrent`,
+    `benchmarks/kernels/delta_recurrent_h200.json`, `benchmarks/RESULTS.md`): float32 inputs,
+    `T n_h <= RECURRENT_MAX_L` and heads up to `RECURRENT_MAX_D` (in bfloat16 the
+    chunk-parallel kernels were faster); and only while the states it saves for the backward
+    (`B H T n_h dk dv` float32 values; the chunkwise kernels save one per chunk) stay within
+    `RECURRENT_MAX_STATE_BYTES` (a memory guard, not a speed measurement)."""
+    saved = 4 * B * H * T * n_h * dk * dv
     return (jnp.dtype(dtype) == F32 and T * n_h <= RECURRENT_MAX_L
-            and max(dk, dv) <= RECURRENT_MAX_D)
+            and max(dk, dv) <= RECURRENT_MAX_D and saved <= RECURRENT_MAX_STATE_BYTES)
 
 
-RECURRENT_MAX_L = 2048  # the longest measured (a tie there: 6.20 ms against 6.32)
+RECURRENT_MAX_L = 2048  # the longest measured
 RECURRENT_MAX_D = 128  # the widest measured
+RECURRENT_MAX_STATE_BYTES = 16 << 30  # per call; an ensemble of seeds (vmap) multiplies it
 
 
 def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, chunk_size=64,
@@ -409,9 +410,9 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
       block_v_chunk: with `chunk_parallel`, the value tile of the chunk-parallel kernels
         (default: the whole value dim up to 128; `block_v` tiles the sequential ones).
       recurrent: run `pallas_kernels.delta_recurrent` instead (token by token, one fused kernel
-        each way, no chunks; the chunk options do not apply). None (default): on a GPU where
-        `recurrent_default` says so (short sequences, from the measurements in
-        `benchmarks/kernels/delta_recurrent_h200.json`), off elsewhere.
+        each way, no chunks; `chunk_size`, `block_v`, `precompute_inverse`, `chunk_parallel`,
+        `block_v_chunk` do not apply, `num_warps` does). None (default): on a GPU where
+        `recurrent_default` says so, off elsewhere.
 
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
@@ -441,12 +442,14 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size}")
     dtype = jnp.promote_types(q.dtype, k.dtype)
     if recurrent is None:
-        recurrent = platform == "gpu" and recurrent_default(T, n_h, dk, v.shape[-1], dtype)
+        recurrent = platform == "gpu" and recurrent_default(B, T, H, n_h, dk, v.shape[-1],
+                                                            dtype)
     if recurrent:
         from pallas_kernels.delta_recurrent import delta_recurrent
 
         return delta_recurrent(q, k, v, beta, gate=gate, initial_state=initial_state,
-                               scale=scale, interpret=interpret, _target=_target)
+                               scale=scale, interpret=interpret, num_warps=num_warps,
+                               _target=_target)
     bv = block_v if block_v is not None else cm.value_tile(dv, platform)
     if platform == "gpu" and dtype == F32:
         # f32 inputs use 3xTF32 dots on GPU; at C = 64, BV = 64 they asked for 262-344 KB of

@@ -230,7 +230,7 @@ def delta_recurrent(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0,
       beta: `[B, T, H, n_h]` step sizes (in [0, 2] for eigenvalues in [-1, 1]).
       gate: `[B, T, H]` forget gate applied before a token's steps, or None.
       initial_state: `[B, H, dk, dv]` or None (zeros).
-      scale: python float multiplying q.
+      scale: number multiplying q (python or NumPy, not traced).
       interpret: interpret mode; None means "on CPU".
       block_v: value columns per program (a power of two; default the whole padded dv up to
         64).
@@ -259,8 +259,10 @@ def delta_recurrent(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0,
     if initial_state.shape != (B, H, dk, dv):
         raise ValueError(f"initial_state must be [B, H, dk, dv] = {(B, H, dk, dv)}; "
                          f"got {initial_state.shape}")
-    if not isinstance(scale, int | float):
-        raise TypeError(f"scale must be a python float; got {type(scale).__name__}")
+    try:  # a python or NumPy number (it is baked into the kernel), not a traced value
+        scale = float(scale)
+    except TypeError as e:
+        raise TypeError(f"scale must be a python float (not traced); got {scale!r}") from e
     interpret = cm.resolve_interpret(interpret)
     platform = cm.target_platform(interpret, _target)
     if platform == "tpu":

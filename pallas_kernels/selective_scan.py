@@ -7,10 +7,11 @@ Per channel d and state index n:
     y_t[d]    = sum_n C_t[n] h_t[d, n]
 
 The XLA forms build `a`, `b` and `h` as `[B, T, D, N]` arrays (N times the size of the
-inputs, several passes each way). Here each program owns `BD` channels of one batch row and
-walks time with its `[N, BD]` state in registers: it reads the `[B, T, D]` and `[B, T, N]`
-inputs once and writes `y` once. The forward used under differentiation also writes `h` (one
-`[T N, BD]` write, read once by the backward, instead of recomputing the sequence).
+inputs) and pass over them several times each way. Here each program owns `BD` channels of one
+batch row and walks time with its `[N, BD]` state in registers: it reads the `[B, T, D]` and
+`[B, T, N]` inputs once and writes `y` once; the gates are never stored. The forward used
+under differentiation also writes the states `h` once (`[T N, BD]` per program, f32), which the
+backward reads once, instead of recomputing the sequence.
 
 The backward walks time in reverse with `g_t = dL/dh_t = dy_t C_t + a_{t+1} g_{t+1}`:
 `du_t = delta_t sum_n g_t B_t`, `ddelta_t = sum_n (g_t h_{t-1} a'_t A + g_t u_t B_t)`,
@@ -210,7 +211,7 @@ def selective_scan(u, delta, A, Bm, Cm, h0=None, *, signed=False, interpret=None
       h0: `[B, D, N]` the state before the first token, or None (zeros).
       signed: eigenvalues `2 exp(delta A) - 1` in [-1, 1] instead of `exp(delta A)`.
       interpret: run in interpret mode; None means "on CPU".
-      block_d: channels per program (GPU default 64); a multiple of 16 on GPU.
+      block_d: channels per program, a power of two (default 64 on GPU, all of D elsewhere).
       num_warps: Triton warps per program (GPU; default 4).
     """
     if u.ndim != 3 or delta.shape != u.shape:
@@ -231,8 +232,8 @@ def selective_scan(u, delta, A, Bm, Cm, h0=None, *, signed=False, interpret=None
     if platform == "tpu":
         raise NotImplementedError("pallas_kernels.selective_scan has a GPU (Triton) lowering "
                                   "only; on TPU use lrnn.ops.selective_scan's XLA forms")
-    if block_d is not None and (block_d < 1 or (platform == "gpu" and block_d % 16)):
-        raise ValueError(f"block_d must be a positive multiple of 16 on GPU; got {block_d}")
+    if block_d is not None and (block_d < 1 or block_d & (block_d - 1)):
+        raise ValueError(f"block_d must be a power of two (Triton's block shapes); got {block_d}")
     if num_warps is None:
         num_warps = 4
     return _ss(u, delta, A, Bm, Cm, h0, bool(signed), interpret, platform, block_d, num_warps)

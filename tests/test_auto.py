@@ -51,9 +51,14 @@ def test_superseded_measurements_are_left_out(tmp_path):
     got = [(n, p["family"], p["ranking"][0]) for n, p in bench.current_points(files)]
     assert got == [("b.json", "gla", "chunked")]  # a's delta superseded, a's gla re-measured
     assert [p["family"] for p in bench.derive(files)["gpu"]["points"]] == ["gla"]
-    (tmp_path / "superseded.txt").write_text("a.json delta\n")
-    with pytest.raises(ValueError, match="expected 'file family dtype'"):
-        bench.current_points(files)
+    # an implementation's time only: the point stays with the others
+    (tmp_path / "superseded.txt").write_text("a.json delta float32 pallas\n")
+    got = {n: p for n, p in bench.current_points(files)}
+    assert got["a.json"]["ms"] == {"chunked": 2.0} and got["a.json"]["ranking"] == ["chunked"]
+    for bad in ("a.json delta\n", "a.json delta float32 fused\n"):
+        (tmp_path / "superseded.txt").write_text(bad)
+        with pytest.raises(ValueError, match="expected 'file family dtype"):
+            bench.current_points(files)
 
 
 def test_nearest_point_and_fallbacks():
@@ -120,13 +125,15 @@ def test_train_step_profiler_smoke():
 
 def test_benchmark_compiles_ahead_in_workers(tmp_path, capsys):
     out, cache = tmp_path / "m.json", tmp_path / "cache"
-    pts = [p for p in bench._grid("smoke") if p["family"] == "linear_recurrence"][:1]
+    # the selective scan has an input without the batch axis (A [D, N])
+    pts = [next(p for p in bench._grid("smoke") if p["family"] == fam)
+           for fam in ("linear_recurrence", "selective")]
     data = bench.measure(pts, out, reps=1, budget_s=0, impls=("scan",), workers=1,
                          cache_dir=cache)
-    (rec,) = data["points"]
-    assert set(rec["ms"]) == {"scan"} and rec["ranking"] == ["scan"]
+    for rec in data["points"]:
+        assert set(rec["ms"]) == {"scan"} and rec["ranking"] == ["scan"]
     printed = capsys.readouterr().out
-    assert "precompile: " in printed and "1 of 1 compiles (0 failed" in printed, printed
+    assert "precompile: " in printed and "2 of 2 compiles (0 failed" in printed, printed
     # the timing phase's compile of fwd + bwd is loaded from what the worker compiled
     hits = re.search(r"timing: .*; (\d+) of \d+ compiles loaded from the cache", printed)
     assert hits and int(hits[1]) >= 1, printed

@@ -65,7 +65,9 @@ def test_train_curves_agree(tmp_path):
     rc = multigpu_train.main([
         "--meshes", "", "data=2,seq=2", "--length", "48", "--steps", "4", "--batch", "4",
         "--log-every", "2", "--eval-per-length", "4", "--no-progress",
-        "--set", "d_model=16", "heads=2", "chunk_size=16", "layers=1",
+        # float32: the `paper` preset computes in bfloat16, where a different summation order
+        # shows at 1e-3; the claim tested is that sharding changes nothing else
+        "--set", "d_model=16", "heads=2", "chunk_size=16", "layers=1", "bf16=false",
         "--out", str(tmp_path / "runs"), "--results", str(res)])
     assert rc == 0
     rows = multigpu_train.compare([tmp_path / "runs" / "single",

@@ -96,3 +96,40 @@ def test_bad_inputs_raise_naming_the_argument(kw, match):
             for n, v in args.items()}
     with pytest.raises(ValueError, match=match):
         delta_recurrent(*pos, **rest)
+
+
+def test_vmap_and_bf16_gradients():
+    x, cot = _inputs(2, True, 4)
+    names = list(x)
+    fn = lambda d: delta_recurrent(d["q"], d["k"], d["v"], d["beta"], gate=d["gate"],
+                                   initial_state=d["initial_state"], scale=0.5)
+    x32 = {n: jnp.asarray(v, jnp.float32) for n, v in x.items()}
+    g32, _ = jax.grad(_loss(fn, cot), has_aux=True)(x32)
+    # two "seeds" through jax.vmap (seed ensembles vmap whole models)
+    xv = {n: jnp.stack([v, v[::-1]]) for n, v in x32.items()}
+    gv, (ov, _) = jax.jit(jax.vmap(jax.grad(_loss(fn, cot), has_aux=True)))(xv)
+    x1 = {n: v[1] for n, v in xv.items()}
+    g1, (o1, _) = jax.grad(_loss(fn, cot), has_aux=True)(x1)
+    assert rel(ov[1], o1) < TOL
+    for n in names:
+        assert rel(gv[n][0], g32[n]) < TOL and rel(gv[n][1], g1[n]) < TOL, n
+    # bfloat16 inputs: arithmetic in f32, so the gradients are the f32 ones of the rounded inputs
+    xb = {n: v.astype(jnp.bfloat16) for n, v in x32.items()}
+    gb, _ = jax.grad(_loss(fn, cot), has_aux=True)(xb)
+    gr, _ = jax.grad(_loss(fn, cot), has_aux=True)({n: v.astype(jnp.float32)
+                                                     for n, v in xb.items()})
+    for n in names:
+        assert gb[n].dtype == jnp.bfloat16
+        assert rel(gb[n].astype(jnp.float32), gr[n]) < 1e-2, n  # bf16 rounding of the result
+
+
+def test_recurrent_default():
+    from pallas_kernels.delta_product import RECURRENT_MAX_STATE_BYTES, recurrent_default
+
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    assert recurrent_default(256, 40, 4, 1, 32, 32, f32)
+    assert not recurrent_default(256, 40, 4, 1, 32, 32, bf16)  # chunk-parallel kernels win
+    assert not recurrent_default(8, 4096, 4, 1, 32, 32, f32)  # longer than measured
+    assert not recurrent_default(8, 64, 4, 1, 256, 256, f32)  # wider than measured
+    B = RECURRENT_MAX_STATE_BYTES // (4 * 8 * 128 * 4 * 32 * 32) + 1
+    assert not recurrent_default(B, 128, 8, 4, 32, 32, f32)  # the saved states' memory

@@ -272,12 +272,14 @@ def _precompile_worker(workdir: Path) -> None:
         t = time.perf_counter()
         rec = {}
         try:
-            # the shapes and dtypes the timing phase passes, without making the inputs: the
-            # inputs' leading axis is B, so make them at B = 1
+            # the shapes and dtypes the timing phase passes, without making the inputs: made at
+            # B = 1 and 2, an input whose leading axis follows B is batched (the selective
+            # scan's A [D, N] is not)
             op, x1 = _inputs(p, batch=1)
-            assert all(v.shape[0] == 1 for v in x1.values()), {k: v.shape for k, v in x1.items()}
-            x = {k: jax.ShapeDtypeStruct((p["B"],) + v.shape[1:], jnp.dtype(p["dtype"]))
-                 for k, v in x1.items()}
+            _, x2 = _inputs(p, batch=2)
+            x = {k: jax.ShapeDtypeStruct(
+                     ((p["B"],) + v.shape[1:]) if x2[k].shape[0] == 2 * v.shape[0] else v.shape,
+                     jnp.dtype(p["dtype"])) for k, v in x1.items()}
             _fwd_bwd(op, impl, x).lower(x).compile()
         except Exception as e:  # noqa: BLE001 - the timing phase meets and records it again
             rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -397,12 +399,13 @@ def measure(points: list[dict], out: Path, reps: int, budget_s: float, impls=IMP
 TABLE_PATH = ROOT / "lrnn" / "ops" / "_auto_table.py"
 
 
-SUPERSEDED = "superseded.txt"  # beside the measured files: lines "file family dtype  # why"
+SUPERSEDED = "superseded.txt"  # beside the measured files: "file family dtype [impl]  # why"
 
 
-def superseded(files) -> set[tuple[str, str, str]]:
-    """``(file name, family, dtype)`` whose measurements describe code that has changed since:
-    read from ``superseded.txt`` in the measured files' directory (absent: none)."""
+def superseded(files) -> set[tuple[str, ...]]:
+    """What in the measured files describes code that has changed since: ``(file name, family,
+    dtype)`` (the whole point) or ``(file name, family, dtype, implementation)`` (that
+    implementation's time only), read from ``superseded.txt`` in the files' directory."""
     out = set()
     for d in {Path(f).parent for f in files}:
         path = d / SUPERSEDED
@@ -412,23 +415,30 @@ def superseded(files) -> set[tuple[str, str, str]]:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            parts = line.split()
-            if len(parts) != 3:
-                raise ValueError(f"{path}:{n}: expected 'file family dtype', got {line!r}")
-            out.add(tuple(parts))
+            parts = tuple(line.split())
+            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in IMPLS):
+                raise ValueError(f"{path}:{n}: expected 'file family dtype [implementation]' "
+                                 f"(implementations: {', '.join(IMPLS)}), got {line!r}")
+            out.add(parts)
     return out
 
 
 def current_points(files) -> list[tuple[str, dict]]:
-    """``(file name, record)`` of every point the rule uses: measured (non-empty ranking), not
-    superseded, and not measured again in a later file."""
+    """``(file name, record)`` of every point the rule uses: measured, not superseded (a
+    superseded implementation's time taken out of its record), and not measured again in a
+    later file."""
     gone = superseded(files)
     latest: dict[tuple[str, str], tuple[str, dict]] = {}
     for f in files:
         data = json.loads(Path(f).read_text())
         name = Path(f).name
         for r in data["points"]:
-            if r["ranking"] and (name, r["family"], r["dtype"]) not in gone:
+            where = (name, r["family"], r["dtype"])
+            if where in gone:
+                continue
+            ms = {k: v for k, v in r["ms"].items() if where + (k,) not in gone}
+            if ms:
+                r = dict(r, ms=ms, ranking=[k for k in r["ranking"] if k in ms])
                 latest[(data["meta"]["backend"], _key(r))] = (name, r)
     return list(latest.values())
 

@@ -125,7 +125,7 @@ class DiagonalMixer(nnx.Module):
         u, z = self._inputs(x)
         if self.conv is not None:
             u = jax.nn.silu(self.conv(u))
-        # the fused op: with "pallas" (GPU) the [B, T, Di, N] gates and states are never built
+        # the fused op: with "pallas" (GPU) the [B, T, Di, N] gates are never built
         dt = self.dt_proj(u).astype(jnp.float32)
         Bm, Cm = jnp.split(self.bc_proj(u).astype(jnp.float32), 2, axis=-1)
         y = ops.selective_scan(

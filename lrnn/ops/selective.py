@@ -7,8 +7,9 @@
 It is ``linear_recurrence`` over ``D N`` channels followed by a contraction, and the "scan"
 and "chunked" implementations are exactly that: they build ``a``, ``b`` and ``h`` as
 ``[B, T, D, N]`` arrays. "sequential" (``lax.scan`` over tokens) and "pallas"
-(``pallas_kernels.selective_scan``, one fused kernel each way, GPU) never build them; they
-only ever hold one token's ``[B, D, N]`` state.
+(``pallas_kernels.selective_scan``, one fused kernel each way, GPU) never build the gates and
+hold one token's state at a time; under differentiation both keep every token's state for the
+backward (the scan's residuals; the kernel's one write of ``h``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ def _validate(u, delta, A, Bm, Cm, h0):
     Cm = c.as_float(Cm, "Cm", _OP)
     c.check_shape(u, (None, None, None), "u", _OP, "[B, T, D]")
     B, T, D = u.shape
-    if T < 1:
-        raise ValueError(f"{_OP}: u must hold at least one token, got T = {T}")
     c.check_shape(delta, u.shape, "delta", _OP, f"[B, T, D] like u {u.shape}")
     c.check_shape(A, (D, None), "A", _OP, "[D, N]")
     N = A.shape[1]
@@ -94,7 +93,8 @@ def selective_scan(
         ``exp(delta A)`` in [0, 1].
       implementation: "sequential" | "scan" | "chunked" | "pallas" | "auto". "scan" and
         "chunked" are ``linear_recurrence`` of that implementation over the ``D N`` channels;
-        "pallas" is the fused kernel (GPU, or interpret mode on CPU).
+        "pallas" is the fused kernel (GPU, or interpret mode on CPU; on a TPU
+        ``linear_recurrence``'s kernel over the built gates).
       chunk_size: tokens per chunk of the chunked form.
       axis_name, exchange: sequence parallelism, as in ``linear_recurrence`` (the call then
         goes through ``linear_recurrence`` whatever the implementation, its "pallas" too).
@@ -110,9 +110,13 @@ def selective_scan(
         implementation, _OP, "selective_scan", family="selective",
         dims=dict(B=B, T=T, H=1, dk=D * N), dtype=out_dt)
     c.check_positive_int(chunk_size, "chunk_size", _OP)
+    if T == 0 or B == 0:  # nothing to scan: empty outputs, as the token loop gives
+        return jnp.zeros((B, T, D), out_dt)
     dt = c.calc_dtype(u, delta, A, Bm, Cm, h0)
     u, delta, A, Bm, Cm = (x.astype(dt) for x in (u, delta, A, Bm, Cm))
-    if impl == "pallas" and axis_name is None:
+    # the fused kernel has a GPU lowering (and runs in interpret mode on CPU); on a TPU
+    # "pallas" is linear_recurrence's kernel over the built gates
+    if impl == "pallas" and axis_name is None and jax.default_backend() != "tpu":
         if dt != jnp.float32:
             raise TypeError(f"{_OP}: the pallas kernel computes in float32; got {dt} inputs "
                             "(use implementation='sequential' for a float64 reference)")
