@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lrnn import _compat
@@ -338,6 +339,12 @@ def _prepare(monoid: Monoid, elems: Affine, h0, axis: int, fn: str):
     return Affine(A.astype(dtype), b.astype(dtype)), h0, axis, matrix, b.dtype
 
 
+def _check_reverse(reverse, fn: str) -> bool:
+    if not isinstance(reverse, bool | np.bool_):
+        raise TypeError(f"{fn}: reverse must be a bool, got {reverse!r}")
+    return bool(reverse)
+
+
 def _fold_h0(monoid: Monoid, elems: Affine, h0, axis: int, reverse: bool) -> Affine:
     """Folds the initial state into the first element: ``b_0 <- A_0 h0 + b_0``."""
     if h0 is None:
@@ -405,6 +412,7 @@ def scan(
     Returns:
       h with the shape and dtype of ``elems.b`` (arithmetic in at least float32).
     """
+    reverse = _check_reverse(reverse, "scan")
     if axis_name is not None:
         from lrnn import parallel  # lazy: lrnn.parallel imports this module
 
@@ -418,6 +426,8 @@ def scan(
             exchange=exchange,
         )
     elems, h0, axis, _, out_dtype = _prepare(monoid, elems, h0, axis, "scan")
+    if elems.b.shape[axis] == 0:  # no steps: no states (as scan_sequential)
+        return elems.b.astype(out_dtype)
     elems = _fold_h0(monoid, elems, h0, axis, reverse)
     return _associative(monoid, elems, axis, reverse).b.astype(out_dtype)
 
@@ -438,6 +448,7 @@ def scan_sequential(
     With ``axis_name`` (inside ``jax.shard_map``) the time axis is split over that mesh axis,
     as in :func:`scan`.
     """
+    reverse = _check_reverse(reverse, "scan_sequential")
     if axis_name is not None:
         from lrnn import parallel  # lazy: lrnn.parallel imports this module
 

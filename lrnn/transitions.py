@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lrnn.monoid import DENSE, DIAGONAL, Affine, BlockDiagonal, Monoid
@@ -117,6 +118,9 @@ def householder_product(k, beta, v=None, gate=None) -> Affine:
 # Walsh-Hadamard
 # ------------------------------------------------------------------------------------------
 def _check_pow2(n: int, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise TypeError(f"{name}: the Walsh-Hadamard size must be an int, got {n!r}")
+    n = int(n)
     if n < 1 or n & (n - 1):
         raise ValueError(f"{name}: the Walsh-Hadamard size must be a power of two, got n = {n}")
     return int(math.log2(n))
@@ -125,6 +129,7 @@ def _check_pow2(n: int, name: str) -> int:
 def hadamard_matrix(n: int, dtype=jnp.float32) -> jax.Array:
     """The normalised Sylvester-Hadamard matrix ``H_n / sqrt(n)``, ``[n, n]``."""
     _check_pow2(n, "hadamard_matrix")
+    n = int(n)
     i = jnp.arange(n)
     bits = jnp.bitwise_and(i[:, None], i[None, :])
     parity = jnp.zeros_like(bits)
@@ -225,13 +230,28 @@ def sparse(values, mask) -> jax.Array:
       mask: ``[n, n]`` booleans or 0/1 (the pattern, fixed across tokens).
     """
     values = _float(values, "values")
-    mask = jnp.asarray(mask)
+    try:
+        mask = jnp.asarray(mask)
+    except TypeError as e:
+        raise TypeError(f"sparse: mask must be an array of booleans or 0/1, got "
+                        f"{type(mask).__name__}") from e
     if values.ndim < 2 or values.shape[-1] != values.shape[-2]:
         raise ValueError(f"sparse: values must be [..., n, n], got {values.shape}")
     if mask.shape != values.shape[-2:]:
         raise ValueError(
             f"sparse: mask must have shape {values.shape[-2:]} ([n, n]), got {mask.shape}"
         )
+    if mask.dtype != bool:
+        if not (jnp.issubdtype(mask.dtype, jnp.integer) or jnp.issubdtype(mask.dtype,
+                                                                        jnp.floating)):
+            raise TypeError(f"sparse: mask must be booleans or 0/1, got dtype {mask.dtype}")
+        try:
+            pattern = bool(jnp.all((mask == 0) | (mask == 1)))
+        except jax.errors.ConcretizationTypeError:  # traced: checked where it is concrete
+            pattern = True
+        if not pattern:
+            raise ValueError("sparse: mask must be booleans or 0/1 (a fixed pattern), got "
+                             "other values")
     return jnp.where(mask.astype(bool), values, jnp.zeros((), values.dtype))
 
 

@@ -189,7 +189,7 @@ def _bad(**over):
     "call, err, match",
     [
         (_bad(k=jnp.zeros((2, 5, 2, 8))), ValueError, r"k must have shape \[B, T, H, n_h, dk\]"),
-        (_bad(q=jnp.zeros((2, 5, 2, 7))), ValueError, r"q must have shape \[B, T, H, dk\]"),
+        (_bad(q=jnp.zeros((2, 5, 2, 7))), ValueError, "q and k must share the key size dk"),
         (_bad(v=jnp.zeros((2, 5, 2, 2, 4))), ValueError, "v must have shape"),
         (_bad(beta=jnp.ones((2, 5, 2))), ValueError, r"beta must have shape \[B, T, H, n_h\]"),
         (_bad(gate=jnp.ones((2, 5, 2, 8))), ValueError, r"gate must have shape \[B, T, H\]"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lrnn.monoid import Affine, Monoid, compute_dtype
@@ -31,6 +32,8 @@ LOG_FLOOR = 1e-20
 # ------------------------------------------------------------------------------------------
 def as_float(x, name: str, op: str) -> jax.Array:
     """``x`` as an array; raises TypeError unless it is floating point."""
+    if x is None:
+        raise TypeError(f"{op}: {name} must be an array, got None")
     try:
         x = jnp.asarray(x)
     except TypeError as e:  # e.g. a list of arrays of different shapes
@@ -49,9 +52,10 @@ def check_shape(x: jax.Array, want: tuple, name: str, op: str, doc: str) -> None
 
 
 def check_positive_int(value, name: str, op: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as a python int (NumPy integers accepted); ValueError unless it is >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_choice(value, choices: tuple, name: str, op: str) -> str:
@@ -122,6 +126,13 @@ def resolve_implementation(implementation, op: str, pallas_name: str | None, *,
             return _auto.FALLBACK
         return _auto.choose(family, dims, dtype, available)
     return implementation
+
+
+def empty(*xs) -> bool:
+    """Whether any of the arrays has no elements (T = 0, B = 0, n_h = 0, ...): the ops then
+    run their token loop, which returns empty outputs and the initial state as the final
+    one, whatever ``implementation`` says (the chunked forms and kernels need a chunk)."""
+    return any(x is not None and x.size == 0 for x in xs)
 
 
 def pallas_fn(fn_name: str, op: str):

@@ -60,6 +60,9 @@ def _validate(q, k, v, beta, gate, initial_state, op=_OP, need_q=True):
     B, T, H, n_h, dk = k.shape
     if need_q:
         q = c.as_float(q, "q", op)
+        if q.ndim == 4 and q.shape[:3] == (B, T, H) and q.shape[3] != dk:
+            raise ValueError(f"{op}: q and k must share the key size dk: q {q.shape} has "
+                             f"dk = {q.shape[3]}, k has dk = {dk}")
         c.check_shape(q, (B, T, H, dk), "q", op, "[B, T, H, dk]")
     v = c.as_float(v, "v", op)
     c.check_shape(v, (B, T, H, n_h, None), "v", op, "[B, T, H, n_h, dv]")
@@ -313,9 +316,11 @@ def _delta(q, k, v, beta, gate, S0, scale, chunk_size, implementation, chunk_com
     impl = c.resolve_implementation(
         implementation, op, "delta_product", family="delta" if n_h == 1 else "delta_product",
         dims=dict(B=B, T=T, H=H, dk=dk, n_h=n_h), dtype=c.out_dtype(q, k, v))
-    c.check_positive_int(chunk_size, "chunk_size", op)
+    chunk_size = c.check_positive_int(chunk_size, "chunk_size", op)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", op)
     c.check_scale(scale, op)
+    if c.empty(q, k, v, beta) and axis_name is None:
+        impl = "sequential"
     out_dt = c.out_dtype(q, k, v)
     dt = c.calc_dtype(q, k, v, beta, gate, S0)
     if axis_name is None:

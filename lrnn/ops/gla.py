@@ -263,8 +263,10 @@ def gated_linear_attention(
     B, T, H, dk = k.shape
     impl = c.resolve_implementation(implementation, _OP, "gated_linear_attention", family="gla",
                                     dims=dict(B=B, T=T, H=H, dk=dk), dtype=c.out_dtype(q, k, v))
-    c.check_positive_int(chunk_size, "chunk_size", _OP)
+    chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    if c.empty(q, k, v, gate) and axis_name is None:
+        impl = "sequential"
     c.check_scale(scale, _OP)
     out_dt = c.out_dtype(q, k, v)
     dt = c.calc_dtype(q, k, v, gate, S0)

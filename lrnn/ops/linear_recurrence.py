@@ -115,8 +115,10 @@ def linear_recurrence(
     impl = c.resolve_implementation(
         implementation, _OP, "linear_recurrence", family="linear_recurrence",
         dims=dict(B=a.shape[0], T=a.shape[1], H=1, dk=a.shape[2]), dtype=c.out_dtype(a, b))
-    c.check_positive_int(chunk_size, "chunk_size", _OP)
+    chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    if c.empty(a, b) and axis_name is None:
+        impl = "sequential"
     out_dt = c.out_dtype(a, b)
     dt = c.calc_dtype(a, b, h0)
     if axis_name is not None:

@@ -109,7 +109,7 @@ def selective_scan(
     impl = c.resolve_implementation(
         implementation, _OP, "selective_scan", family="selective",
         dims=dict(B=B, T=T, H=1, dk=D * N), dtype=out_dt)
-    c.check_positive_int(chunk_size, "chunk_size", _OP)
+    chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     if T == 0 or B == 0:  # nothing to scan: empty outputs, as the token loop gives
         return jnp.zeros((B, T, D), out_dt)
     dt = c.calc_dtype(u, delta, A, Bm, Cm, h0)

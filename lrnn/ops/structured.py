@@ -175,8 +175,10 @@ def structured_recurrence(
     """
     mode, A, weights, b, monoid, h0 = _validate(x, weights, b, structure, monoid, h0)
     impl = c.resolve_implementation(implementation, _OP, None)
-    c.check_positive_int(chunk_size, "chunk_size", _OP)
+    chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    if c.empty(A, b) and axis_name is None:
+        impl = "sequential"
     out_dt = c.out_dtype(A, b)
     dt = c.calc_dtype(A, b, h0)
     B, T, n = b.shape
