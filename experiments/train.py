@@ -363,16 +363,46 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _set_aside(out: Path, step: int, err: Exception) -> None:
+    """Moves checkpoint ``step`` of ``out``, which did not restore, to
+    ``out/checkpoints_unreadable/`` (kept, not deleted, and out of the way of the resumed run's
+    own save at that step), and says so."""
+    aside = out / "checkpoints_unreadable"
+    aside.mkdir(exist_ok=True)
+    dest = aside / str(step)
+    n = 1
+    while dest.exists():
+        dest, n = aside / f"{step}.{n}", n + 1
+    (out / "checkpoints" / str(step)).rename(dest)
+    print(f"warning: {out.name}: checkpoint {step} does not restore ({type(err).__name__}: "
+          f"{str(err).splitlines()[0][:160] if str(err) else ''}); moved to {dest}, trying the "
+          "one before", file=sys.stderr)
+
+
 def restore_latest(out: Path, state, keep: int = 2):
-    """``(state, step)`` from the latest checkpoint in ``out/checkpoints`` (or ``(state, 0)``)."""
-    mngr = _manager(out, keep)
-    step = mngr.latest_step()
-    if step is None:
+    """``(state, step)`` from the newest checkpoint in ``out/checkpoints`` that restores (or
+    ``(state, 0)`` without any). A checkpoint that does not (truncated or corrupted: a kill
+    during the write, a full disk) is moved to ``out/checkpoints_unreadable/`` with a warning
+    and the one before it is tried; if none restores, ValueError."""
+    tried = []
+    while True:
+        mngr = _manager(out, keep)
+        step = mngr.latest_step()
+        if step is None:
+            mngr.close()
+            if tried:
+                raise ValueError(f"{out}: no checkpoint restores (tried {tried}; they are in "
+                                 f"{out / 'checkpoints_unreadable'})")
+            return state, 0
+        try:
+            restored = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+        except Exception as e:  # noqa: BLE001 - any failure to read it: set it aside, go back
+            mngr.close()
+            tried.append(int(step))
+            _set_aside(out, int(step), e)
+            continue
         mngr.close()
-        return state, 0
-    state = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
-    mngr.close()
-    return state, int(step)
+        return restored, int(step)
 
 
 def _checkpoint_steps(out: Path) -> set[int]:
@@ -402,20 +432,42 @@ def _restore_ensemble(outs: list[Path], state, keep: int):
     """``(stacked state, step)`` from the newest step every seed has a checkpoint of.
 
     Checkpoints newer than that step (a kill between the seeds' saves leaves some) are
-    deleted, so the resumed run writes them again.
+    deleted, so the resumed run writes them again. A seed's checkpoint that does not restore
+    is set aside (``_set_aside``) and the next older common step is tried.
     """
-    step = _common_step(outs)
-    if not step:
-        return state, 0
-    parts = []
-    for s, out in enumerate(outs):
-        mngr = _manager(out, keep)
-        for newer in sorted(x for x in mngr.all_steps() if x > step):
-            mngr.delete(newer)
-        parts.append(mngr.restore(step, args=ocp.args.StandardRestore(
-            _abstract(_unstack(state, s)))))
-        mngr.close()
-    return _stack(parts), int(step)
+    tried = []
+    while True:
+        try:
+            step = _common_step(outs)
+        except ValueError:
+            if not tried:
+                raise
+            step = 0
+        if not step:
+            if tried:
+                raise ValueError(f"{outs[0].parent}: no common checkpoint of the ensemble "
+                                 f"restores (tried {tried}; the unreadable ones are in "
+                                 "<seed>/checkpoints_unreadable)")
+            return state, 0
+        parts = []
+        for s, out in enumerate(outs):
+            mngr = _manager(out, keep)
+            try:
+                parts.append(mngr.restore(step, args=ocp.args.StandardRestore(
+                    _abstract(_unstack(state, s)))))
+            except Exception as e:  # noqa: BLE001 - unreadable: set it aside, step back
+                mngr.close()
+                tried.append((out.name, int(step)))
+                _set_aside(out, int(step), e)
+                break
+            mngr.close()
+        else:
+            for out in outs:  # a kill between the seeds' saves leaves newer ones: write again
+                mngr = _manager(out, keep)
+                for newer in sorted(x for x in mngr.all_steps() if x > step):
+                    mngr.delete(newer)
+                mngr.close()
+            return _stack(parts), int(step)
 
 
 def _read_metrics(path: Path) -> list[dict]:
