@@ -10,8 +10,11 @@ Writes ``OUT/config.json``, ``OUT/metrics.jsonl`` (step, loss, accuracy, lr, sec
 ``OUT/eval.json`` (accuracy per test length with the number of sequences and 95% Wilson
 intervals, mean and scaled accuracy; for group word problems also the fraction of sequences
 correct up to each length) and ``OUT/eval.png``. Rerunning the same command on an ``OUT`` with
-checkpoints resumes from the latest one; the data of step ``i`` is drawn from
+checkpoints resumes from the latest one that restores (one that does not is moved to
+``OUT/checkpoints_unreadable/`` with a warning); the data of step ``i`` is drawn from
 ``fold_in(key, i)``, so a resumed run ends with the same parameters as an uninterrupted one.
+A different config on an existing ``OUT`` is refused before anything is written, naming the
+fields that differ; ``config.json`` is written once and never overwritten.
 
 Seed ensembles: ``--seeds 0 1 2 --out D`` trains the three seeds in one process as one vmapped
 model (parameters, optimiser states and data keys stacked) and writes ``D/seed_0``, ... , each a
@@ -502,6 +505,30 @@ def _truncate_metrics(path: Path, step: int, write: bool = True) -> tuple[float,
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
+def check_same_run(cfg: Config, out: Path) -> None:
+    """Refuses to train into ``out`` if it holds a run with another config (ValueError naming
+    the fields that differ); the same config resumes. A field the stored config lacks (written
+    by older code) counts as its default."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e}); this directory's run cannot be checked: "
+                         "use another --out") from e
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as stored
+    defaults = json.loads(json.dumps(dataclasses.asdict(Config())))
+    diff = [k for k in sorted(set(old) | set(new))
+            if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
+    if diff:
+        shown = ", ".join(f"{k} {old.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
+                          for k in diff[:8])
+        more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
+        raise ValueError(f"{out} holds a run with another config ({shown}{more}); rerun with "
+                         "its flags to resume it, or choose another --out")
+
+
 def train(cfg: Config, *, stop_at: int | None = None):
     """Train (resuming from ``cfg.out`` if it has checkpoints).
 
@@ -537,8 +564,10 @@ def train(cfg: Config, *, stop_at: int | None = None):
     if stacked:
         _common_step(outs)  # refuses seeds without a common checkpoint before any write
     for r, out in zip(runs, outs):
+        check_same_run(r, out)  # before anything is written, for every seed
+    for r, out in zip(runs, outs):
         out.mkdir(parents=True, exist_ok=True)
-        if lead:
+        if lead and not (out / "config.json").exists():  # never overwritten
             (out / "config.json").write_text(json.dumps(dataclasses.asdict(r), indent=2) + "\n")
     state, start = setup.restore()
     rest, layout = setup.rest, setup.layout

@@ -35,13 +35,27 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_one_before(tmp_path, ca
 
 
 def test_no_checkpoint_restores(tmp_path):
-    run = tiny(tmp_path, "run", steps=2, ckpt_every=2, log_every=1)
-    train(run, stop_at=2)
+    run = tiny(tmp_path, "run", steps=4, ckpt_every=2, log_every=1)
+    train(run, stop_at=3)  # checkpoint 2
     for p in (tmp_path / "run" / "checkpoints").iterdir():
         if p.name.isdigit():
             _corrupt(p)
     with pytest.raises(ValueError, match="no checkpoint restores"):
-        train(dataclasses.replace(run, steps=4))
+        train(run)
+
+
+def test_another_config_in_the_same_directory_is_refused(tmp_path):
+    run = tiny(tmp_path, "run", steps=2, ckpt_every=2, log_every=1)
+    train(run)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    for kw, words in ((dict(seed=5, lr=0.05), "lr 0.001 -> 0.05, seed 0 -> 5"),
+                      (dict(d_model=32), "d_model 16 -> 32")):
+        with pytest.raises(ValueError, match="holds a run with another config") as e:
+            train(dataclasses.replace(run, **kw))
+        assert words in str(e.value)
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing moved
+    train(run)  # the same config: resumes (here: finished, nothing to do)
 
 
 def test_an_ensemble_steps_back_past_one_seeds_corrupted_checkpoint(tmp_path, capsys):
