@@ -120,7 +120,12 @@ def make_task(cfg: Config):
 def check_config(cfg: Config) -> None:
     """Checks the fields the training loop reads before anything is built or written."""
     positive = ("steps", "batch", "log_every", "ckpt_every", "keep_checkpoints",
-                "eval_per_length", "eval_batch", "val_size")
+                "eval_per_length", "eval_batch", "val_size", "chunk_size")
+    from lrnn.ops import IMPLEMENTATIONS
+
+    if cfg.implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"--implementation must be one of {', '.join(IMPLEMENTATIONS)}, got "
+                         f"{cfg.implementation!r}")
     for name in positive:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

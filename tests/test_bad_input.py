@@ -52,3 +52,23 @@ def test_numpy_integers_and_bools_are_accepted():
     np.testing.assert_array_equal(np.asarray(tr.sparse(v, np.eye(4))),
                                   np.asarray(tr.sparse(v, np.eye(4, dtype=bool))))
     assert jax.jit(tr.sparse)(v, jnp.eye(4)).shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(implementation="foo"), "--implementation must be one of"),
+    (dict(chunk_size=0), "--chunk-size must be a positive integer"),
+    (dict(mesh="foo"), "mesh spec 'foo'"),
+    (dict(eigen="x"), "eigen must be 'unit' or 'signed'"),
+])
+def test_bad_training_flags_write_nothing(tmp_path, kw, words):
+    import dataclasses
+
+    from test_train import tiny
+
+    from experiments.train import train
+
+    cfg = dataclasses.replace(tiny(tmp_path, "run", steps=2), **kw)
+    with pytest.raises(ValueError) as e:
+        train(cfg)
+    assert words in str(e.value)
+    assert not (tmp_path / "run").exists()
