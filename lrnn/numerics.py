@@ -335,12 +335,40 @@ def compare(
 # ------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
+    vals = [_positive(x) for x in s.split(",") if x]
+    if not vals:
+        raise argparse.ArgumentTypeError("expected comma-separated positive integers")
+    return vals
 
 
 def _strs(s: str) -> list[str]:
     return [x for x in s.split(",") if x]
+
+
+def _choices(allowed):
+    def parse(s: str) -> list[str]:
+        vals = _strs(s)
+        bad = [v for v in vals if v not in allowed]
+        if bad or not vals:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(s)}: expected "
+                                             f"comma-separated names from {', '.join(allowed)}")
+        return vals
+
+    return parse
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def main(argv: Sequence[str] | None = None) -> NumericsTable:
@@ -350,17 +378,18 @@ def main(argv: Sequence[str] | None = None) -> NumericsTable:
     p.add_argument("--op", default="delta_product", choices=OPS, help="the op to compare")
     p.add_argument("--lengths", type=_ints, default=[64, 256, 1024, 4096],
                    help="comma-separated sequence lengths")
-    p.add_argument("--dtypes", type=_strs, default=["float32", "bfloat16"],
-                   help="comma-separated input dtypes")
-    p.add_argument("--implementations", type=_strs, default=["sequential", "scan", "chunked"],
+    p.add_argument("--dtypes", type=_choices(DTYPES), default=["float32", "bfloat16"],
+                   help="comma-separated input dtypes: " + ", ".join(DTYPES))
+    p.add_argument("--implementations", type=_choices(ops.IMPLEMENTATIONS),
+                   default=["sequential", "scan", "chunked"],
                    help="comma-separated implementations")
     p.add_argument("--out", default="numerics_out", help="output directory")
-    p.add_argument("--chunk-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--dk", type=int, default=16)
-    p.add_argument("--dv", type=int, default=16)
-    p.add_argument("--n-h", type=int, default=2, help="Householder steps (delta_product)")
+    p.add_argument("--chunk-size", type=_positive, default=64)
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--heads", type=_positive, default=2)
+    p.add_argument("--dk", type=_positive, default=16)
+    p.add_argument("--dv", type=_positive, default=16)
+    p.add_argument("--n-h", type=_positive, default=2, help="Householder steps (delta_product)")
     p.add_argument("--gate", default=None, choices=["head", "key", "none"],
                    help="gate kind (default: head)")
     p.add_argument("--seed", type=int, default=0)

@@ -59,6 +59,14 @@ def test_numpy_integers_and_bools_are_accepted():
     (dict(chunk_size=0), "--chunk-size must be a positive integer"),
     (dict(mesh="foo"), "mesh spec 'foo'"),
     (dict(eigen="x"), "eigen must be 'unit' or 'signed'"),
+    # item 2 of the [runs] issue
+    (dict(keep_checkpoints=0), "--keep-checkpoints must be a positive integer"),
+    (dict(ckpt_every=0), "--ckpt-every must be a positive integer"),
+    (dict(log_every=0), "--log-every must be a positive integer"),
+    (dict(batch=0), "--batch must be a positive integer"),
+    (dict(steps=0), "--steps must be a positive integer"),
+    (dict(steps=-3), "--steps must be a positive integer"),
+    (dict(train_min=20, train_max=5), "lengths must satisfy 1 <= min <= max"),
 ])
 def test_bad_training_flags_write_nothing(tmp_path, kw, words):
     import dataclasses
@@ -72,3 +80,20 @@ def test_bad_training_flags_write_nothing(tmp_path, kw, words):
         train(cfg)
     assert words in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--lengths", "8,-4"], "--lengths: expected a positive integer, got -4"),
+    (["--dtypes", "float8"], "--dtypes: float8: expected comma-separated names"),
+    (["--dk", "0"], "--dk: expected a positive integer, got 0"),
+    (["--implementations", "fused"], "--implementations: fused"),
+])
+def test_numerics_cli_errors_are_one_line(argv, words, capsys):
+    # item 7 of the [runs] issue, for `python -m lrnn.numerics`
+    from lrnn import numerics
+
+    with pytest.raises(SystemExit) as e:
+        numerics.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert words in err[-1] and "error:" in err[-1] and "Traceback" not in "\n".join(err)
