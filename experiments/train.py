@@ -371,10 +371,15 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _set_aside(out: Path, step: int, err: Exception) -> None:
-    """Moves checkpoint ``step`` of ``out``, which did not restore, to
-    ``out/checkpoints_unreadable/`` (kept, not deleted, and out of the way of the resumed run's
-    own save at that step), and says so."""
+def _why(err: Exception) -> str:
+    text = str(err).splitlines()[0][:160] if str(err) else ""
+    return f"{type(err).__name__}: {text}"
+
+
+def _set_aside(out: Path, step: int, err: Exception, restored: int) -> None:
+    """Moves checkpoint ``step`` of ``out``, which did not restore (while the older
+    ``restored`` did), to ``out/checkpoints_unreadable/`` (kept, not deleted, and out of the
+    way of the resumed run's own save at that step), and says so."""
     aside = out / "checkpoints_unreadable"
     aside.mkdir(exist_ok=True)
     dest = aside / str(step)
@@ -382,35 +387,39 @@ def _set_aside(out: Path, step: int, err: Exception) -> None:
     while dest.exists():
         dest, n = aside / f"{step}.{n}", n + 1
     (out / "checkpoints" / str(step)).rename(dest)
-    print(f"warning: {out.name}: checkpoint {step} does not restore ({type(err).__name__}: "
-          f"{str(err).splitlines()[0][:160] if str(err) else ''}); moved to {dest}, trying the "
-          "one before", file=sys.stderr)
+    print(f"warning: {out.name}: checkpoint {step} does not restore ({_why(err)}); moved to "
+          f"{dest}; resuming from checkpoint {restored}", file=sys.stderr)
+
+
+def _no_checkpoint_restores(where, failed) -> ValueError:
+    tried = "; ".join(f"{name} {step}: {_why(e)}" for name, step, e in failed[:4])
+    return ValueError(f"{where}: no checkpoint restores ({tried}); nothing was moved or "
+                      "written: is this the code and config the run was made with?")
 
 
 def restore_latest(out: Path, state, keep: int = 2):
     """``(state, step)`` from the newest checkpoint in ``out/checkpoints`` that restores (or
-    ``(state, 0)`` without any). A checkpoint that does not (truncated or corrupted: a kill
-    during the write, a full disk) is moved to ``out/checkpoints_unreadable/`` with a warning
-    and the one before it is tried; if none restores, ValueError."""
-    tried = []
-    while True:
-        mngr = _manager(out, keep)
-        step = mngr.latest_step()
-        if step is None:
-            mngr.close()
-            if tried:
-                raise ValueError(f"{out}: no checkpoint restores (tried {tried}; they are in "
-                                 f"{out / 'checkpoints_unreadable'})")
-            return state, 0
+    ``(state, 0)`` without any). Checkpoints newer than it that do not restore (truncated or
+    corrupted: a kill during the write, a full disk) are moved to
+    ``out/checkpoints_unreadable/`` with a warning. If none restores, ValueError and nothing
+    is moved (code or config that no longer matches the checkpoints, not a damaged file)."""
+    mngr = _manager(out, keep)
+    steps = sorted(mngr.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
         try:
             restored = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
-        except Exception as e:  # noqa: BLE001 - any failure to read it: set it aside, go back
-            mngr.close()
-            tried.append(int(step))
-            _set_aside(out, int(step), e)
+        except Exception as e:  # noqa: BLE001 - any failure to read it: try the one before
+            failed.append((out.name, int(step), e))
             continue
         mngr.close()
+        for _, bad, e in failed:
+            _set_aside(out, bad, e, int(step))
         return restored, int(step)
+    mngr.close()
+    if failed:
+        raise _no_checkpoint_restores(out, failed)
+    return state, 0
 
 
 def _checkpoint_steps(out: Path) -> set[int]:
@@ -441,41 +450,38 @@ def _restore_ensemble(outs: list[Path], state, keep: int):
 
     Checkpoints newer than that step (a kill between the seeds' saves leaves some) are
     deleted, so the resumed run writes them again. A seed's checkpoint that does not restore
-    is set aside (``_set_aside``) and the next older common step is tried.
+    makes it try the next older common step; once one restores, the unreadable ones are set
+    aside (``_set_aside``); if none does, ValueError and nothing is moved.
     """
-    tried = []
-    while True:
-        try:
-            step = _common_step(outs)
-        except ValueError:
-            if not tried:
-                raise
-            step = 0
-        if not step:
-            if tried:
-                raise ValueError(f"{outs[0].parent}: no common checkpoint of the ensemble "
-                                 f"restores (tried {tried}; the unreadable ones are in "
-                                 "<seed>/checkpoints_unreadable)")
-            return state, 0
+    step = _common_step(outs)  # refuses seeds without any common step
+    if not step:
+        return state, 0
+    mngrs = [_manager(out, keep) for out in outs]
+    common = sorted(set.intersection(*(set(m.all_steps()) for m in mngrs)), reverse=True)
+    failed = []
+    for step in common:
         parts = []
-        for s, out in enumerate(outs):
-            mngr = _manager(out, keep)
+        for s, (out, mngr) in enumerate(zip(outs, mngrs)):
             try:
                 parts.append(mngr.restore(step, args=ocp.args.StandardRestore(
                     _abstract(_unstack(state, s)))))
-            except Exception as e:  # noqa: BLE001 - unreadable: set it aside, step back
-                mngr.close()
-                tried.append((out.name, int(step)))
-                _set_aside(out, int(step), e)
+            except Exception as e:  # noqa: BLE001 - unreadable: try the common step before
+                failed.append((out.name, int(step), e))
                 break
-            mngr.close()
         else:
-            for out in outs:  # a kill between the seeds' saves leaves newer ones: write again
+            for m in mngrs:
+                m.close()
+            for name, bad, e in failed:  # kept aside, then the newer ones are written again
+                _set_aside(outs[[o.name for o in outs].index(name)], bad, e, int(step))
+            for out in outs:  # a kill between the seeds' saves leaves newer ones
                 mngr = _manager(out, keep)
                 for newer in sorted(x for x in mngr.all_steps() if x > step):
                     mngr.delete(newer)
                 mngr.close()
             return _stack(parts), int(step)
+    for m in mngrs:
+        m.close()
+    raise _no_checkpoint_restores(outs[0].parent, failed)
 
 
 def _read_metrics(path: Path) -> list[dict]:

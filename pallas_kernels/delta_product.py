@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _common as cm
+from pallas_kernels.delta_recurrent import check_shapes, delta_recurrent
 
 F32 = jnp.float32
 
@@ -417,24 +418,7 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
     """
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, dk]; got {q.shape}")
-    B, T, H, dk = q.shape
-    if k.ndim != 5 or k.shape[:3] != (B, T, H) or k.shape[-1] != dk:
-        raise ValueError(f"k must be [B, T, H, n_h, dk] = [{B}, {T}, {H}, n_h, {dk}]; "
-                         f"got {k.shape}")
-    n_h = k.shape[3]
-    if v.ndim != 5 or v.shape[:4] != (B, T, H, n_h):
-        raise ValueError(f"v must be [B, T, H, n_h, dv] = [{B}, {T}, {H}, {n_h}, dv]; "
-                         f"got {v.shape}")
-    dv = v.shape[-1]
-    if beta.shape != (B, T, H, n_h):
-        raise ValueError(f"beta must be [B, T, H, n_h] = {(B, T, H, n_h)}; got {beta.shape}")
-    if gate is not None and gate.shape != (B, T, H):
-        raise ValueError(f"gate must be [B, T, H] = {(B, T, H)} or None; got {gate.shape}")
-    if initial_state is not None and initial_state.shape != (B, H, dk, dv):
-        raise ValueError(f"initial_state must be [B, H, dk, dv] = {(B, H, dk, dv)}; "
-                         f"got {initial_state.shape}")
+    B, T, H, n_h, dk, dv = check_shapes(q, k, v, beta, gate, initial_state)
     interpret = cm.resolve_interpret(interpret)
     platform = cm.target_platform(interpret, _target)
     C = int(chunk_size)
@@ -445,8 +429,6 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         recurrent = platform == "gpu" and recurrent_default(B, T, H, n_h, dk, v.shape[-1],
                                                             dtype)
     if recurrent:
-        from pallas_kernels.delta_recurrent import delta_recurrent
-
         return delta_recurrent(q, k, v, beta, gate=gate, initial_state=initial_state,
                                scale=scale, interpret=interpret, num_warps=num_warps,
                                _target=_target)

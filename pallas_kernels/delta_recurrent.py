@@ -219,6 +219,30 @@ def _dr_bwd(scale, interpret, platform, bv, num_warps, res, cts):
 _dr.defvjp(_dr_fwd, _dr_bwd)
 
 
+def check_shapes(q, k, v, beta, gate, initial_state):
+    """`(B, T, H, n_h, dk, dv)` of DeltaProduct's inputs (fla's layout, `k`, `v` with the
+    `n_h` axis); ValueError naming the first argument of the wrong shape."""
+    if q.ndim != 4:
+        raise ValueError(f"q must be [B, T, H, dk]; got {q.shape}")
+    B, T, H, dk = q.shape
+    if k.ndim != 5 or k.shape[:3] != (B, T, H) or k.shape[-1] != dk:
+        raise ValueError(f"k must be [B, T, H, n_h, dk] = [{B}, {T}, {H}, n_h, {dk}]; "
+                         f"got {k.shape}")
+    n_h = k.shape[3]
+    if v.ndim != 5 or v.shape[:4] != (B, T, H, n_h):
+        raise ValueError(f"v must be [B, T, H, n_h, dv] = [{B}, {T}, {H}, {n_h}, dv]; "
+                         f"got {v.shape}")
+    dv = v.shape[-1]
+    if beta.shape != (B, T, H, n_h):
+        raise ValueError(f"beta must be [B, T, H, n_h] = {(B, T, H, n_h)}; got {beta.shape}")
+    if gate is not None and gate.shape != (B, T, H):
+        raise ValueError(f"gate must be [B, T, H] = {(B, T, H)} or None; got {gate.shape}")
+    if initial_state is not None and initial_state.shape != (B, H, dk, dv):
+        raise ValueError(f"initial_state must be [B, H, dk, dv] = {(B, H, dk, dv)}; "
+                         f"got {initial_state.shape}")
+    return B, T, H, n_h, dk, dv
+
+
 def delta_recurrent(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0,
                     interpret=None, block_v=None, num_warps=None, _target=None):
     """DeltaProduct (n_h Householder steps per token) token by token, one fused kernel each way.
@@ -239,26 +263,9 @@ def delta_recurrent(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0,
     Returns:
       o: `[B, T, H, dv]` in q's dtype; final_state: `[B, H, dk, dv]` f32.
     """
-    if q.ndim != 4:
-        raise ValueError(f"q must be [B, T, H, dk]; got {q.shape}")
-    B, T, H, dk = q.shape
-    if k.ndim != 5 or k.shape[:3] != (B, T, H) or k.shape[-1] != dk:
-        raise ValueError(f"k must be [B, T, H, n_h, dk] = [{B}, {T}, {H}, n_h, {dk}]; "
-                         f"got {k.shape}")
-    n_h = k.shape[3]
-    if v.ndim != 5 or v.shape[:4] != (B, T, H, n_h):
-        raise ValueError(f"v must be [B, T, H, n_h, dv] = [{B}, {T}, {H}, {n_h}, dv]; "
-                         f"got {v.shape}")
-    dv = v.shape[-1]
-    if beta.shape != (B, T, H, n_h):
-        raise ValueError(f"beta must be [B, T, H, n_h] = {(B, T, H, n_h)}; got {beta.shape}")
-    if gate is not None and gate.shape != (B, T, H):
-        raise ValueError(f"gate must be [B, T, H] = {(B, T, H)} or None; got {gate.shape}")
+    B, T, H, n_h, dk, dv = check_shapes(q, k, v, beta, gate, initial_state)
     if initial_state is None:
         initial_state = jnp.zeros((B, H, dk, dv), F32)
-    if initial_state.shape != (B, H, dk, dv):
-        raise ValueError(f"initial_state must be [B, H, dk, dv] = {(B, H, dk, dv)}; "
-                         f"got {initial_state.shape}")
     try:  # a python or NumPy number (it is baked into the kernel), not a traced value
         scale = float(scale)
     except TypeError as e:
