@@ -516,10 +516,13 @@ def _truncate_metrics(path: Path, step: int, write: bool = True) -> tuple[float,
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
+DISPLAY_ONLY = ("progress",)  # fields a resume may change: they touch no file of the run
+
+
 def check_same_run(cfg: Config, out: Path) -> None:
     """Refuses to train into ``out`` if it holds a run with another config (ValueError naming
-    the fields that differ); the same config resumes. A field the stored config lacks (written
-    by older code) counts as its default."""
+    the fields that differ); the same config resumes (``DISPLAY_ONLY`` fields may differ). A
+    field the stored config lacks (written by older code) counts as its default."""
     path = out / "config.json"
     if not path.exists():
         return
@@ -530,8 +533,8 @@ def check_same_run(cfg: Config, out: Path) -> None:
                          "use another --out") from e
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as stored
     defaults = json.loads(json.dumps(dataclasses.asdict(Config())))
-    diff = [k for k in sorted(set(old) | set(new))
-            if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
+    diff = [k for k in sorted(set(old) | set(new)) if k not in DISPLAY_ONLY
+            and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
     if diff:
         shown = ", ".join(f"{k} {old.get(k, defaults.get(k))!r} -> {new.get(k)!r}"
                           for k in diff[:8])

@@ -426,8 +426,7 @@ def delta_product(q, k, v, beta, *, gate=None, initial_state=None, scale=1.0, ch
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size}")
     dtype = jnp.promote_types(q.dtype, k.dtype)
     if recurrent is None:
-        recurrent = platform == "gpu" and recurrent_default(B, T, H, n_h, dk, v.shape[-1],
-                                                            dtype)
+        recurrent = platform == "gpu" and recurrent_default(B, T, H, n_h, dk, dv, dtype)
     if recurrent:
         return delta_recurrent(q, k, v, beta, gate=gate, initial_state=initial_state,
                                scale=scale, interpret=interpret, num_warps=num_warps,

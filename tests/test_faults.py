@@ -75,6 +75,7 @@ def test_another_config_in_the_same_directory_is_refused(tmp_path):
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert after == before  # nothing written, nothing moved
     train(run)  # the same config: resumes (here: finished, nothing to do)
+    train(dataclasses.replace(run, progress=not run.progress))  # display only: accepted
 
 
 def test_an_ensemble_steps_back_past_one_seeds_corrupted_checkpoint(tmp_path, capsys):

@@ -445,16 +445,15 @@ def current_points(files) -> list[tuple[str, dict]]:
 
 def derive(files) -> dict:
     """``{backend: {"source": [...], "points": [...]}}`` from measured files (one backend each;
-    a later file's point replaces an earlier one at the same grid point; the families and
-    dtypes that ``superseded.txt`` lists for a file are left out)."""
+    the points of :func:`current_points`)."""
     table: dict[str, dict] = {}
+    backend_of = {}
     for f in files:
         meta = json.loads(Path(f).read_text())["meta"]
+        backend_of[Path(f).name] = meta["backend"]
         entry = table.setdefault(meta["backend"], {"source": [], "points": []})
         entry["source"].append(f"{Path(f).name}: {meta['device']}, jax {meta['jax']}, "
                                f"{meta['date']}")
-    backend_of = {Path(f).name: json.loads(Path(f).read_text())["meta"]["backend"]
-                  for f in files}
     for name, r in current_points(files):
         keep = {k: r[k] for k in ("family", "dtype", "B", "T", "H", "dk", "n_h")}
         table[backend_of[name]]["points"].append(dict(keep, ranking=list(r["ranking"])))
