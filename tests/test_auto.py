@@ -139,3 +139,14 @@ def test_benchmark_compiles_ahead_in_workers(tmp_path, capsys):
     assert hits and int(hits[1]) >= 1, printed
     assert any(f.name.startswith("jit_") for f in cache.iterdir())
     assert bench.measure(pts, out, reps=1, budget_s=0, workers=1)["points"] == data["points"]
+
+
+def test_what_the_grid_does_not_time_is_recorded_with_its_reason():
+    big = dict(family="delta", dtype="float32", B=512, T=32, H=16, dk=128, n_h=1)
+    small = dict(big, B=2, H=4, dk=32)
+    skipped = bench._skipped_at(big, seq_max=16)
+    assert "scan" in skipped and "GiB of dense transitions" in skipped["scan"]
+    assert "sequential" in skipped and "T = 16" in skipped["sequential"]
+    assert "scan" in bench._impls_at(small) and "chunked" in bench._impls_at(big)
+    # the diagonal families' scan is never skipped for its size
+    assert "scan" in bench._impls_at(dict(big, family="linear_recurrence"))
