@@ -8,12 +8,14 @@
    count modulo 2 (Grazzi et al., 2025); with eigenvalues in [0, 1] it stays near chance
    beyond the training lengths.
 
-Runs in a few minutes on 2 CPU cores. ``LRNN_DEMO_SMALL=1`` (or ``main(small=True)``) runs a
-seconds-long version for the tests.
+Runs in a few minutes on 2 CPU cores. ``LRNN_DEMO_SMALL=1`` (or ``--small``, or
+``main(small=True)``) runs a seconds-long version for the tests; ``--out DIR`` puts the runs
+and the plot in DIR (default ``runs/demo``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -26,7 +28,7 @@ import numpy as np
 from experiments.configs import Config, apply_preset
 from experiments.train import eval_summary, evaluate_lengths, train
 
-__all__ = ["demo_config", "RANGES", "main"]
+__all__ = ["demo_config", "RANGES", "main", "cli"]
 
 # Length ranges of the table: the training range, then three extrapolation ranges.
 RANGES = ((3, 40), (41, 64), (65, 128), (129, 256))
@@ -132,5 +134,16 @@ def main(small: bool | None = None, out: str | Path = "runs/demo",
     return results
 
 
+def cli(argv: list[str] | None = None) -> dict[str, dict]:
+    """``python -m experiments.demo [--small] [--out DIR]``."""
+    p = argparse.ArgumentParser(prog="python -m experiments.demo",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true",
+                   help="the seconds-long version (also LRNN_DEMO_SMALL=1)")
+    p.add_argument("--out", default="runs/demo", help="directory of the two runs and the plot")
+    a = p.parse_args(argv)
+    return main(small=True if a.small else None, out=a.out)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

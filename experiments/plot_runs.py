@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from experiments.common.cli import UsageError, fail, positive_int
+
 __all__ = ["load_curve", "summarise_runs", "markdown_table", "plot", "main"]
 
 
@@ -97,7 +99,7 @@ def plot(run_dirs, out: str | Path, *, metric: str = "accuracy", smooth: int = 1
     for d in map(Path, run_dirs):
         curve = [r for r in load_curve(d) if metric in r]
         if not curve:
-            raise ValueError(f"{d}/metrics.jsonl has no {metric!r} records")
+            raise UsageError(f"{d}/metrics.jsonl has no {metric!r} records (--metric)")
         ax.plot([r["step"] for r in curve], _smooth([r[metric] for r in curve], smooth),
                 label=d.name)
     ax.set_xlabel("step")
@@ -115,19 +117,28 @@ def plot(run_dirs, out: str | Path, *, metric: str = "accuracy", smooth: int = 1
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    prog = "python -m experiments.plot_runs"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (metrics.jsonl inside)")
+    p.add_argument("runs", nargs="+", help="run directories (metrics.jsonl inside; other "
+                   "existing paths, as a glob gives them, are skipped)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--metric", default="accuracy", help="metrics.jsonl field (default accuracy)")
-    p.add_argument("--smooth", type=int, default=1, help="running mean over this many points")
+    p.add_argument("--smooth", type=positive_int, default=1,
+                   help="running mean over this many points")
     p.add_argument("--title", default="")
     p.add_argument("--table", default="", help="also write the markdown table here")
     a = p.parse_args(argv)
+    missing = [d for d in a.runs if not Path(d).exists()]
+    if missing:
+        p.error(f"no such run directory: {', '.join(missing)}")
     runs = sorted(d for d in a.runs if (Path(d) / "metrics.jsonl").exists())
     if not runs:
         p.error("no run directory with a metrics.jsonl among the arguments")
-    plot(runs, a.out, metric=a.metric, smooth=a.smooth, title=a.title)
+    try:
+        plot(runs, a.out, metric=a.metric, smooth=a.smooth, title=a.title)
+    except UsageError as e:
+        fail(prog, e)
     table = markdown_table(summarise_runs(runs))
     if a.table:
         Path(a.table).write_text(table)

@@ -7,13 +7,17 @@ tabulates them.
         --preset paper --seeds 0 1 2 --out runs/s3
     python -m experiments.reproduce --runs parity:diagonal:unit parity:diagonal:signed \\
         --preset cpu --seeds 0 --out runs/x -- --steps 500        # extra flags after --
+    python -m experiments.reproduce ... --deadline-s 540 --out runs/s3  # a time-limited GPU
+        # call: rows still running at 540 s are killed, exit 3; the same command resumes them
 
 A grid row is ``TASK:MODEL:EIGEN`` or ``TASK:MODEL:EIGEN:N_H``. Each row's seeds train as one
 vmapped ensemble in one process: ``python -m experiments.train --task T --model M --eigen E
 [--n-h N] --preset P --seeds S1 S2 ... --out OUT/T-M-E[-nhN] [extra]`` (``--jobs`` rows at a
 time; output in ``OUT/<row>/train.log``), which writes one complete run per seed,
 ``OUT/<row>/seed_<s>``. A rerun resumes unfinished rows from their checkpoints and skips
-finished ones; a row whose process fails makes the grid exit with status 1. At the end it
+finished ones; every row's flags are parsed and checked before any row starts (a bad preset
+or extra flag is one ``error:`` line, exit status 2, nothing written), and a row whose process
+fails makes the grid exit with status 1. At the end it
 writes ``OUT/summary.md`` / ``summary.json`` (mean accuracy over the test lengths with its 95%
 interval and the scaled accuracy per seed, the best and the mean of the seeds, and the published
 number where there is one: Grazzi et al.'s is a best of 3 seeds) and ``OUT/summary.png``.
@@ -98,22 +102,53 @@ def _row_dirs(out: Path, row: tuple, seeds) -> list[Path]:
     return [run_dir(out, *row[:3], s, *row[3:]) for s in seeds]
 
 
-def _train(out: Path, row: tuple, seeds, preset, extra, timeout) -> dict:
+def _train_args(out: Path, row: tuple, seeds, preset, extra) -> list[str]:
+    """The ``experiments.train`` flags of a grid row."""
+    task, model, eigen = row[:3]
+    args = ["--task", task, "--model", model, "--eigen", eigen, "--seeds", *map(str, seeds),
+            "--out", str(out / row_name(row)), "--no-progress"]
+    if len(row) > 3:
+        args += ["--n-h", str(row[3])]
+    if preset:
+        args += ["--preset", preset]
+    return args + list(extra)
+
+
+def check_rows(out: Path, runs, seeds, preset, extra) -> None:
+    """Parses and checks every row's training flags as its process would, before any starts
+    (a bad preset or extra flag is one error, not a failed row each); UsageError naming the
+    row otherwise. Touches no device."""
+    from experiments.common.cli import UsageError
+    from experiments.train import check_config, parse_args
+
+    for row in runs:
+        try:
+            check_config(parse_args(_train_args(out, row, seeds, preset, extra)))
+        except ValueError as e:  # parse_args raises UsageError, check_config ValueError
+            raise UsageError(f"row {':'.join(map(str, row))}: {e}") from None
+
+
+def _train(out: Path, row: tuple, seeds, preset, extra, timeout, deadline=None) -> dict:
+    """Trains one row (its seeds as one ensemble) in a child process, at most ``timeout``
+    seconds (0: no limit) and not past the ``time.time()`` ``deadline``; a row stopped by
+    either is killed and resumes from its last checkpoint on a rerun."""
     d = out / row_name(row)
     if d.is_symlink() or any(p.is_symlink() for p in _row_dirs(out, row, seeds)):
         return {"dir": str(d), "status": "refused: a run directory is a symbolic link",
                 "seconds": 0.0, "ok": False}
     if all((p / "eval.json").exists() for p in _row_dirs(out, row, seeds)):
         return {"dir": str(d), "status": "done before", "seconds": 0.0, "ok": True}
+    stopped = None
+    if deadline is not None:
+        left = deadline - time.time()
+        if left <= 1.0:
+            return {"dir": str(d), "status": "not started: --deadline-s reached (rerun to "
+                    "resume)", "seconds": 0.0, "ok": False, "deadline": True}
+        if not timeout or left < timeout:
+            timeout, stopped = left, "stopped at --deadline-s"
     d.mkdir(parents=True, exist_ok=True)
-    task, model, eigen = row[:3]
-    cmd = [sys.executable, "-m", "experiments.train", "--task", task, "--model", model,
-           "--eigen", eigen, "--seeds", *map(str, seeds), "--out", str(d), "--no-progress"]
-    if len(row) > 3:
-        cmd += ["--n-h", str(row[3])]
-    if preset:
-        cmd += ["--preset", preset]
-    cmd += list(extra)
+    cmd = [sys.executable, "-m", "experiments.train",
+           *_train_args(out, row, seeds, preset, extra)]
     t0 = time.time()
     with open(d / "train.log", "a") as log:
         log.write(" ".join(cmd) + "\n")
@@ -123,8 +158,9 @@ def _train(out: Path, row: tuple, seeds, preset, extra, timeout) -> dict:
                                 timeout=timeout or None).returncode
             status, ok = ("ok", True) if rc == 0 else (f"exit {rc}", False)
         except subprocess.TimeoutExpired:
-            status, ok = f"timed out after {timeout} s (rerun to resume)", False
-    return {"dir": str(d), "status": status, "seconds": time.time() - t0, "ok": ok}
+            status, ok = f"{stopped or 'timed out'} after {timeout:.0f} s (rerun to resume)", False
+    return {"dir": str(d), "status": status, "seconds": time.time() - t0, "ok": ok,
+            "deadline": bool(stopped) and not ok and status.startswith(stopped)}
 
 
 def _last_metrics(d: Path) -> dict:
@@ -240,18 +276,25 @@ def main(argv=None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    from experiments.common.cli import UsageError, nonnegative_float, nonnegative_int
+
+    p = argparse.ArgumentParser(prog="python -m experiments.reproduce",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory of the runs and the summary")
     p.add_argument("--preset", default="cpu",
                    help="preset of every run (cpu, paper, slice, tiny)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", type=parse_run, nargs="+", default=None,
                    help="TASK:MODEL:EIGEN[:N_H] entries (default: the README's reproduction rows)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="runs at a time")
-    p.add_argument("--timeout", type=float, default=0.0,
+    p.add_argument("--timeout", type=nonnegative_float, default=0.0,
                    help="seconds per run (0: none); a timed-out run resumes on a rerun")
+    p.add_argument("--deadline-s", type=nonnegative_float, default=0.0,
+                   help="seconds for the whole grid (0: none): rows still running then are "
+                        "killed, rows not started are not started; a rerun resumes them from "
+                        "their checkpoints. Exit status 3 when the deadline stopped the grid")
     p.add_argument("--summary-only", action="store_true", help="only tabulate existing runs")
     args = p.parse_args(argv)
     runs = args.runs or [parse_run(s) for s in DEFAULT_RUNS]
@@ -259,17 +302,25 @@ def main(argv=None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated seeds: {args.seeds}")
+    if not args.summary_only:
+        try:
+            check_rows(Path(args.out), runs, args.seeds, args.preset, extra)
+        except UsageError as e:
+            p.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed = []
+    failed, stopped = [], []
     if not args.summary_only:
         t0 = time.time()
+        deadline = t0 + args.deadline_s if args.deadline_s else None
         with cf.ThreadPoolExecutor(args.jobs) as pool:
-            futs = {pool.submit(_train, out, row, args.seeds, args.preset, extra, args.timeout):
-                    row for row in runs}
+            futs = {pool.submit(_train, out, row, args.seeds, args.preset, extra, args.timeout,
+                                deadline): row for row in runs}
             for f in tqdm(cf.as_completed(futs), total=len(futs), desc="grid rows"):
                 r = f.result()
-                if not r["ok"]:
+                if r.get("deadline"):
+                    stopped.append(r)
+                elif not r["ok"]:
                     failed.append(r)
                 tqdm.write(f"{Path(r['dir']).name}: {r['status']} ({r['seconds']:.0f} s)")
         print(f"all runs: {time.time() - t0:.0f} s wall")
@@ -288,6 +339,10 @@ def main(argv=None) -> int:
         for r in failed:
             print(f"error: {r['dir']}: {r['status']} (see its train.log)", file=sys.stderr)
         return 1
+    if stopped:
+        print(f"{len(stopped)} of {len(runs)} rows stopped by --deadline-s {args.deadline_s:g}; "
+              "rerun the same command to resume them", file=sys.stderr)
+        return 3
     return 0
 
 

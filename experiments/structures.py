@@ -173,9 +173,20 @@ def main(T: int = 1024, n: int = 16, repeats: int = 5) -> list[dict]:
     return rows
 
 
+def cli(argv: list[str] | None = None) -> list[dict]:
+    """``python -m experiments.structures [--T T] [--n N]``."""
+    from experiments.common.cli import positive_int
+
+    p = argparse.ArgumentParser(prog="python -m experiments.structures", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--T", type=positive_int, default=1024, help="sequence length")
+    p.add_argument("--n", type=positive_int, default=16,
+                   help="state size: a power of two >= 4 (Walsh-Hadamard; blocks of 4)")
+    a = p.parse_args(argv)
+    if a.n < 4 or a.n & (a.n - 1):
+        p.error(f"--n must be a power of two >= 4 (Walsh-Hadamard, blocks of 4), got {a.n}")
+    return main(a.T, a.n)
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--T", type=int, default=1024)
-    p.add_argument("--n", type=int, default=16)
-    a = p.parse_args()
-    main(a.T, a.n)
+    cli()

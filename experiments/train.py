@@ -14,7 +14,9 @@ checkpoints resumes from the latest one that restores (one that does not is move
 ``OUT/checkpoints_unreadable/`` with a warning); the data of step ``i`` is drawn from
 ``fold_in(key, i)``, so a resumed run ends with the same parameters as an uninterrupted one.
 A different config on an existing ``OUT`` is refused before anything is written, naming the
-fields that differ; ``config.json`` is written once and never overwritten.
+fields that differ; ``config.json`` is written once and never overwritten. Every flag is
+checked before anything is written too; on the command line a bad one (an unknown name, a
+size out of range, a model that cannot be built) ends with one ``error:`` line, exit status 2.
 
 Seed ensembles: ``--seeds 0 1 2 --out D`` trains the three seeds in one process as one vmapped
 model (parameters, optimiser states and data keys stacked) and writes ``D/seed_0``, ... , each a
@@ -30,6 +32,7 @@ parameters are replicated; the sampled data and the mean loss do not depend on N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,6 +49,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from experiments.common.cli import UsageError, fail, tyro_cli
 from experiments.common.flat import ParamLayout
 from experiments.common.mesh import check_supported, data_size, make_mesh, parse_mesh
 from experiments.configs import Config, apply_preset
@@ -79,6 +83,18 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _usage_errors(prefix: str = ""):
+    """ValueErrors of the block, which checks a config or a run directory before anything is
+    written, re-raised as UsageError (the CLIs report those as one line)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(prefix + str(e)) from e
+
+
 def seed_configs(cfg: Config) -> list[Config]:
     """The single runs of ``cfg``: itself, or with ``seeds`` one per seed in ``OUT/seed_<s>``
     (each a complete single-run config: its own seed, no ``seeds``)."""
@@ -117,11 +133,22 @@ def make_task(cfg: Config):
     return task
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check_config(cfg: Config) -> None:
-    """Checks the fields the training loop reads before anything is built or written."""
+    """Checks the fields the training loop and the model read before anything is built or
+    written (a field a model does not use is checked too: a value out of range is a typo)."""
     positive = ("steps", "batch", "log_every", "ckpt_every", "keep_checkpoints",
-                "eval_per_length", "eval_batch", "val_size", "chunk_size")
+                "eval_per_length", "eval_batch", "val_size", "chunk_size",
+                "layers", "d_model", "heads", "n_h", "d_state", "expand", "slice_inputs",
+                "block_size", "rank", "patch_size")
+    nonnegative = ("train_samples", "aux_batch", "val_every", "length", "train_min",
+                   "train_max", "test_min", "test_max", "head_dim", "conv", "slice_state",
+                   "mlp_ratio", "warmup")
     from lrnn.ops import IMPLEMENTATIONS
+    from lrnn.transitions import STRUCTURES
 
     if cfg.implementation not in IMPLEMENTATIONS:
         raise ValueError(f"--implementation must be one of {', '.join(IMPLEMENTATIONS)}, got "
@@ -129,10 +156,26 @@ def check_config(cfg: Config) -> None:
     for name in positive:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-    for name in ("train_samples", "aux_batch", "val_every", "length"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+            raise ValueError(f"{_flag(name)} must be a positive integer, got {v!r}")
+    for name in nonnegative:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{_flag(name)} must be an integer >= 0, got {v!r}")
+    if cfg.eigen not in ("unit", "signed"):
+        raise ValueError(f"--eigen must be 'unit' or 'signed', got {cfg.eigen!r}")
+    if cfg.structure not in STRUCTURES:
+        raise ValueError(f"--structure must be one of {', '.join(STRUCTURES)}, got "
+                         f"{cfg.structure!r}")
+    # ``not x >= 0`` also refuses nan
+    for name in ("lr",):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{_flag(name)} must be > 0, got {getattr(cfg, name)}")
+    for name in ("end_lr_ratio", "weight_decay", "clip", "slice_reg"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("b1", "b2", "dropout", "holdout"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"{_flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.train_samples and cfg.train_samples < cfg.batch:
         raise ValueError(f"--train-samples {cfg.train_samples} must be at least the batch "
                          f"({cfg.batch}) or 0 (fresh data)")
@@ -362,9 +405,23 @@ def make_train_step(cfg: Config, task, graphdef, tx, schedule, mesh=None, *, ens
     return jax.jit(jax.vmap(ens_fn), donate_argnums=0)
 
 
-def _manager(out: Path, keep: int) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager((out / "checkpoints").absolute(), options=opts)
+def _manager(out: Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    """The checkpoint manager of ``out/checkpoints``; ``read_only`` creates, saves and deletes
+    nothing (evaluating a run only reads it)."""
+    path = (out / "checkpoints").absolute()
+    if not read_only:
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        return ocp.CheckpointManager(path, options=opts)
+    from absl import logging as absl_logging
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0, create=False,
+                                        read_only=True)
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that it is read-only
+    try:
+        return ocp.CheckpointManager(path, options=opts)
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def _abstract(tree):
@@ -391,19 +448,22 @@ def _set_aside(out: Path, step: int, err: Exception, restored: int) -> None:
           f"{dest}; resuming from checkpoint {restored}", file=sys.stderr)
 
 
-def _no_checkpoint_restores(where, failed) -> ValueError:
+def _no_checkpoint_restores(where, failed) -> UsageError:
     tried = "; ".join(f"{name} {step}: {_why(e)}" for name, step, e in failed[:4])
-    return ValueError(f"{where}: no checkpoint restores ({tried}); nothing was moved or "
+    return UsageError(f"{where}: no checkpoint restores ({tried}); nothing was moved or "
                       "written: is this the code and config the run was made with?")
 
 
-def restore_latest(out: Path, state, keep: int = 2):
+def restore_latest(out: Path, state, keep: int = 2, *, read_only: bool = False):
     """``(state, step)`` from the newest checkpoint in ``out/checkpoints`` that restores (or
     ``(state, 0)`` without any). Checkpoints newer than it that do not restore (truncated or
     corrupted: a kill during the write, a full disk) are moved to
-    ``out/checkpoints_unreadable/`` with a warning. If none restores, ValueError and nothing
-    is moved (code or config that no longer matches the checkpoints, not a damaged file)."""
-    mngr = _manager(out, keep)
+    ``out/checkpoints_unreadable/`` with a warning (``read_only``: only the warning; nothing
+    in ``out`` is created or moved). If none restores, UsageError and nothing is moved (code
+    or config that no longer matches the checkpoints, not a damaged file)."""
+    if read_only and not _checkpoint_steps(out):
+        return state, 0
+    mngr = _manager(out, keep, read_only=read_only)
     steps = sorted(mngr.all_steps(), reverse=True)
     failed = []
     for step in steps:
@@ -414,7 +474,11 @@ def restore_latest(out: Path, state, keep: int = 2):
             continue
         mngr.close()
         for _, bad, e in failed:
-            _set_aside(out, bad, e, int(step))
+            if read_only:
+                print(f"warning: {out.name}: checkpoint {bad} does not restore ({_why(e)}); "
+                      f"using checkpoint {step}", file=sys.stderr)
+            else:
+                _set_aside(out, bad, e, int(step))
         return restored, int(step)
     mngr.close()
     if failed:
@@ -519,6 +583,19 @@ def _truncate_metrics(path: Path, step: int, write: bool = True) -> tuple[float,
 DISPLAY_ONLY = ("progress",)  # fields a resume may change: they touch no file of the run
 
 
+def _check_writable(out: Path) -> None:
+    """ValueError unless ``out`` is a directory, or can be made one, that we may write."""
+    p = out.absolute()
+    while not p.exists() and p != p.parent:
+        if p.is_symlink():  # a dangling link
+            raise ValueError(f"--out {out}: {p} is a broken symbolic link")
+        p = p.parent
+    if not p.is_dir():
+        raise ValueError(f"--out {out}: {p} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {p} is not writable")
+
+
 def check_same_run(cfg: Config, out: Path) -> None:
     """Refuses to train into ``out`` if it holds a run with another config (ValueError naming
     the fields that differ); the same config resumes (``DISPLAY_ONLY`` fields may differ). A
@@ -558,27 +635,33 @@ def train(cfg: Config, *, stop_at: int | None = None):
       ``(model, task)``: the trained model (merged from the final state) and the task; with
       ``cfg.seeds``, ``(models, task)`` with one model per seed.
     """
-    if not cfg.out:
-        raise ValueError("cfg.out (--out DIR) is required")
-    check_config(cfg)
     runs = seed_configs(cfg)
     stacked = bool(cfg.seeds)
-    axes = parse_mesh(cfg.mesh)
-    check_supported(axes)
-    mesh = make_mesh(cfg.mesh)
-    if cfg.batch % data_size(mesh):
-        raise ValueError(f"batch={cfg.batch} must be divisible by the data axis {data_size(mesh)}")
-    task = make_task(cfg)
-    if seq_size(mesh) > 1 and task.kind != "tokens":  # [parallel]
-        raise ValueError(f"--mesh seq=...: sequence sharding needs a token task; {task.name!r} "
-                         f"is {task.kind!r}")
-    lead = jax.process_index() == 0  # multi-host: one process writes logs; all checkpoint
     outs = [Path(r.out) for r in runs]
-    setup = Setup(cfg, task, mesh)  # builds the model: a bad shape fails before any write
-    if stacked:
-        _common_step(outs)  # refuses seeds without a common checkpoint before any write
-    for r, out in zip(runs, outs):
-        check_same_run(r, out)  # before anything is written, for every seed
+    # Nothing is written before these checks pass; what they refuse is a UsageError.
+    with _usage_errors():
+        if not cfg.out:
+            raise ValueError("cfg.out (--out DIR) is required")
+        check_config(cfg)
+        axes = parse_mesh(cfg.mesh)
+        check_supported(axes)
+        mesh = make_mesh(cfg.mesh)
+        if cfg.batch % data_size(mesh):
+            raise ValueError(f"--batch {cfg.batch} must be divisible by the data axis "
+                             f"{data_size(mesh)}")
+        task = make_task(cfg)
+        if seq_size(mesh) > 1 and task.kind != "tokens":  # [parallel]
+            raise ValueError(f"--mesh seq=...: sequence sharding needs a token task; "
+                             f"{task.name!r} is {task.kind!r}")
+    with _usage_errors("building the model: "):  # a bad shape fails before any write
+        setup = Setup(cfg, task, mesh)
+    with _usage_errors():
+        if stacked:
+            _common_step(outs)  # refuses seeds without a common checkpoint before any write
+        for r, out in zip(runs, outs):
+            _check_writable(out)
+            check_same_run(r, out)  # before anything is written, for every seed
+    lead = jax.process_index() == 0  # multi-host: one process writes logs; all checkpoint
     for r, out in zip(runs, outs):
         out.mkdir(parents=True, exist_ok=True)
         if lead and not (out / "config.json").exists():  # never overwritten
@@ -767,17 +850,57 @@ def _pow2(n: int) -> int:
 
 # Most tokens one evaluation batch holds: a batch of long sequences has fewer of them.
 EVAL_TOKENS = 1 << 17
+# The most memory one evaluation batch may use, as a fraction of the device's (see
+# ``eval_memory_budget``); a batch whose compiled program needs more is halved, and a single
+# sequence that needs more is refused (UsageError) instead of allocated.
+EVAL_MEMORY_FRACTION = 0.5
+
+
+def eval_memory_budget() -> int:
+    """Bytes one evaluation batch may use: ``EVAL_MEMORY_FRACTION`` of the device memory (the
+    backend's ``bytes_limit`` where it reports one, else the host's physical memory)."""
+    stats = None
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        pass
+    total = (stats or {}).get("bytes_limit")
+    if not total:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(EVAL_MEMORY_FRACTION * total)
+
+
+def _program_bytes(exe) -> int:
+    """Device bytes a compiled program needs (arguments, outputs and temporaries)."""
+    try:
+        m = exe.memory_analysis()
+    except Exception:  # noqa: BLE001 - a backend without the analysis: no bound known
+        return 0
+    if m is None:
+        return 0
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 class Evaluator:
     """Jitted evaluation of one model or of a stacked ensemble (vmapped over seeds).
 
     The samples are drawn inside the jitted functions from ``fold_in(key, batch index)``; with
-    ``stacked``, ``params``, ``rest`` and ``key`` carry a leading seed axis.
+    ``stacked``, ``params``, ``rest`` and ``key`` carry a leading seed axis. A batch holds at
+    most ``batch`` sequences, ``EVAL_TOKENS`` tokens and ``budget`` bytes (XLA's memory
+    analysis of its compiled program; default :func:`eval_memory_budget`); a length at which
+    one sequence needs more than ``budget`` is a UsageError, raised before anything runs.
     """
 
-    def __init__(self, graphdef, task, *, stacked: bool = False, batch: int = 512):
+    def __init__(self, graphdef, task, *, stacked: bool = False, batch: int = 512,
+                 budget: int | None = None):
         self.graphdef, self.task, self.stacked, self.batch = graphdef, task, stacked, batch
+        self.budget = eval_memory_budget() if budget is None else budget
+        self.programs: dict[tuple, tuple] = {}  # (kind, n, size) -> (compiled, bytes)
         vm = jax.vmap if stacked else (lambda f, in_axes=None: f)
 
         def logits(params, rest, x):
@@ -799,13 +922,38 @@ class Evaluator:
             return hit.sum(0), jnp.cumprod(hit, axis=1).sum(0)
 
         ax = (0, 0, 0, None, None, None)
-        self._seq = jax.jit(vm(seq_hits, in_axes=ax), static_argnums=5)
-        self._img = jax.jit(vm(img_hits, in_axes=ax), static_argnums=(4, 5))
-        self._pos = jax.jit(vm(pos_hits, in_axes=ax), static_argnums=(4, 5))
+        self._jit = {"seq": jax.jit(vm(seq_hits, in_axes=ax), static_argnums=5),
+                     "img": jax.jit(vm(img_hits, in_axes=ax), static_argnums=(4, 5)),
+                     "pos": jax.jit(vm(pos_hits, in_axes=ax), static_argnums=(4, 5))}
+
+    def _program(self, kind: str, n: int, size: int, params, rest, key):
+        """``(compiled, n)``: the program of ``kind`` for a batch of at most ``n`` at ``size``,
+        halving ``n`` until it fits ``self.budget``."""
+        while True:
+            k = (kind, n, size)
+            if k not in self.programs:
+                if kind == "seq":
+                    args = (params, rest, key, 0, jnp.zeros((n,), jnp.int32), size)
+                else:
+                    args = (params, rest, key, 0, n, size)
+                exe = self._jit[kind].lower(*args).compile()
+                self.programs[k] = (exe, _program_bytes(exe))
+            exe, need = self.programs[k]
+            if need <= self.budget:
+                return exe, n
+            if n == 1:
+                what = "image of size" if kind == "img" else "sequence of length"
+                raise UsageError(
+                    f"evaluating one {what} {size} needs {_gib(need)} of device memory, more "
+                    f"than the evaluation budget of {_gib(self.budget)} (a fraction "
+                    f"{EVAL_MEMORY_FRACTION} of the device's); evaluate shorter lengths "
+                    "(--lengths, --test-max)")
+            n = max(1, n // 2)
 
     def sequence_hits(self, params, rest, key, lengths, progress: bool = False) -> np.ndarray:
         """Accuracy of every sequence (``[N]``, or ``[S, N]`` stacked) of the given lengths;
-        sequences are sorted by length and packed into batches padded to a multiple of 64."""
+        sequences are sorted by length and packed into batches padded to a multiple of 64
+        tokens and a power of two of sequences (at most the number left)."""
         from tqdm.auto import tqdm
 
         lengths = np.asarray(lengths, np.int64)
@@ -819,12 +967,12 @@ class Evaluator:
             while n > 1 and _bucket(int(lengths[order[s + n - 1]])) * n > max(
                     EVAL_TOKENS, self.batch * 64):
                 n //= 2
+            T = min(_bucket(int(lengths[order[s + n - 1]])), int(lengths.max()))
+            exe, n_p = self._program("seq", min(self.batch, _pow2(n)), T, params, rest, key)
+            n = min(n, n_p)  # few shapes, no padding to a whole batch
             idx = order[s:s + n]
-            n_p = min(self.batch, _pow2(n))  # few shapes, no padding to a whole batch
-            idx_p = np.concatenate([idx, np.full(n_p - n, idx[-1])])
-            lens = lengths[idx_p]
-            T = min(_bucket(int(lens.max())), int(lengths.max()))
-            c = np.asarray(self._seq(params, rest, key, b, jnp.asarray(lens, jnp.int32), T))
+            lens = lengths[np.concatenate([idx, np.full(n_p - n, idx[-1])])]
+            c = np.asarray(exe(params, rest, key, b, jnp.asarray(lens, jnp.int32)))
             out[..., idx] = c[..., :n]
             s, b = s + n, b + 1
             bar.update(n)
@@ -834,8 +982,9 @@ class Evaluator:
     def image_hits(self, params, rest, key, size: int, n_total: int, j: int) -> np.ndarray:
         hits, done = 0.0, 0
         while done < n_total:
-            n = min(self.batch, n_total - done)
-            hits = hits + np.asarray(self._img(params, rest, key, j * 100003 + done, n, size))
+            exe, n = self._program("img", min(self.batch, n_total - done), size, params, rest,
+                                   key)
+            hits = hits + np.asarray(exe(params, rest, key, j * 100003 + done))
             done += n
         return np.asarray(hits)
 
@@ -846,8 +995,8 @@ class Evaluator:
         hits = prefix = 0
         b, done = 0, 0
         while done < n_total:
-            n = min(per, n_total - done)
-            h, p = self._pos(params, rest, key, b, n, T)
+            exe, n = self._program("pos", min(per, n_total - done), T, params, rest, key)
+            h, p = exe(params, rest, key, b)
             hits, prefix = hits + np.asarray(h, np.int64), prefix + np.asarray(p, np.int64)
             done, b = done + n, b + 1
         return np.asarray(hits), np.asarray(prefix)
@@ -1046,12 +1195,14 @@ def run(cfg: Config, *, stop_at: int | None = None):
 # ------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> Config:
-    """``--preset`` (applied for the given task / model) first, then every other flag."""
-    import tyro
+PROG = "python -m experiments.train"
 
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """``--preset`` (applied for the given task / model) first, then every other flag; a bad
+    name or value is a UsageError (one line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
     pre.add_argument("--preset", default="")
     pre.add_argument("--task", default=Config.task)
     pre.add_argument("--model", default=Config.model)
@@ -1059,11 +1210,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     # Fail fast on unknown names, listing the valid ones.
     from experiments.models import MODELS, model_names
 
-    get_task(known.task)
-    if known.model not in MODELS and known.model not in model_names():
-        raise ValueError(f"unknown model {known.model!r}; valid models: {', '.join(model_names())}")
-    base = apply_preset(Config(task=known.task, model=known.model), known.preset)
-    return tyro.cli(Config, default=base, args=argv, description=__doc__.split("\n\n")[0])
+    with _usage_errors():
+        get_task(known.task)
+        if known.model not in MODELS and known.model not in model_names():
+            raise ValueError(f"unknown model {known.model!r}; valid models: "
+                             f"{', '.join(model_names())}")
+        base = apply_preset(Config(task=known.task, model=known.model), known.preset)
+    return tyro_cli(Config, default=base, args=argv, prog=PROG,
+                    description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1071,10 +1225,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
         if not cfg.out:
-            raise ValueError("--out DIR is required")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    summary = run(cfg)
+            raise UsageError("--out DIR is required")
+        summary = run(cfg)  # its checks run before anything is written
+    except UsageError as e:
+        fail(PROG, e)
     print(json.dumps(summary))
 
 

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lrnn.monoid import DENSE, Affine, compute_dtype, scan
@@ -103,6 +104,8 @@ def p_mode_gates(
     Returns:
       PLSTMGates, each ``[B, X, Y, H]``.
     """
+    if not isinstance(signed, bool | np.bool_):  # a string such as "no" would count as True
+        raise TypeError(f"p_mode_gates: signed must be a bool, got {signed!r}")
     alpha = jax.nn.sigmoid(angle)
     gamma = jnp.tanh(decay) if signed else jax.nn.sigmoid(decay)
     t_r = gamma * alpha

@@ -122,6 +122,9 @@ class Monoid:
         """
         if not isinstance(elem, Affine):
             raise TypeError(f"{name} must be an lrnn.Affine(A, b), got {type(elem).__name__}")
+        for nm, x in (("A", elem.A), ("b", elem.b)):
+            if x is None:
+                raise TypeError(f"{name}.{nm} must be an array, got None")
         A, b = jnp.asarray(elem.A), jnp.asarray(elem.b)
         for nm, x in (("A", A), ("b", b)):
             if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -413,9 +416,10 @@ def scan(
       h with the shape and dtype of ``elems.b`` (arithmetic in at least float32).
     """
     reverse = _check_reverse(reverse, "scan")
-    if axis_name is not None:
-        from lrnn import parallel  # lazy: lrnn.parallel imports this module
+    from lrnn import parallel  # lazy: lrnn.parallel imports this module
 
+    parallel._check_exchange(exchange, "scan")  # without axis_name too (a typo on one device)
+    if axis_name is not None:
         return parallel.scan(
             monoid,
             elems,
@@ -449,9 +453,10 @@ def scan_sequential(
     as in :func:`scan`.
     """
     reverse = _check_reverse(reverse, "scan_sequential")
-    if axis_name is not None:
-        from lrnn import parallel  # lazy: lrnn.parallel imports this module
+    from lrnn import parallel  # lazy: lrnn.parallel imports this module
 
+    parallel._check_exchange(exchange, "scan_sequential")  # without axis_name too
+    if axis_name is not None:
         return parallel.scan_sequential(
             monoid,
             elems,

@@ -37,6 +37,9 @@ __all__ = ["OPS", "random_inputs", "run_op", "compare", "NumericsTable", "main"]
 OPS = ("linear_recurrence", "gated_linear_attention", "delta_product", "delta_rule",
        "selective_scan")
 METRICS = ("output", "final_state", "grad")
+# The gate kinds of each op (``random_inputs``' ``gate``); the others take no gate.
+GATES = {"gated_linear_attention": ("head", "key"), "delta_product": ("head", "none"),
+         "delta_rule": ("head", "none")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -346,14 +349,14 @@ def _positive(s: str) -> int:
 
 
 def _ints(s: str) -> list[int]:
-    vals = [_positive(x) for x in s.split(",") if x]
-    if not vals:
-        raise argparse.ArgumentTypeError("expected comma-separated positive integers")
-    return vals
+    parts = [x.strip() for x in s.split(",")]
+    if not all(parts):  # "8,,4", "8,", ""
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
+    return [_positive(x) for x in parts]
 
 
 def _strs(s: str) -> list[str]:
-    return [x for x in s.split(",") if x]
+    return [x.strip() for x in s.split(",")]  # an empty item is refused as an unknown name
 
 
 def _choices(allowed):
@@ -395,11 +398,17 @@ def main(argv: Sequence[str] | None = None) -> NumericsTable:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-grads", action="store_true", help="skip the gradient comparison")
     a = p.parse_args(argv)
+    if a.gate is not None and a.gate not in GATES.get(a.op, ()):
+        p.error(f"--gate {a.gate}: {a.op} takes "
+                + (f"--gate {' or '.join(GATES[a.op])}" if a.op in GATES else "no gate"))
     shape_kw = dict(batch=a.batch, heads=a.heads, dk=a.dk, dv=a.dv, n_h=a.n_h,
                     gate=a.gate or "head")
+    try:  # before the comparison: a bad --out is found at once
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {a.out}: {e.strerror or e}")
     table = compare(a.op, a.implementations, a.lengths, a.dtypes, grads=not a.no_grads,
                     chunk_size=a.chunk_size, seed=a.seed, **shape_kw)
-    os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"numerics_{a.op}")
     table.to_csv(stem + ".csv")
     with open(stem + ".md", "w") as fh:

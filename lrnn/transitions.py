@@ -44,11 +44,25 @@ _HI = lax.Precision.HIGHEST
 STRUCTURES = ("diagonal", "block_diagonal", "sparse", "walsh_hadamard", "dplr", "dense")
 
 
-def _float(x, name):
-    x = jnp.asarray(x)
+def _float(x, name, fn: str = ""):
+    where = f"{fn}: " if fn else ""
+    if x is None:
+        raise TypeError(f"{where}{name} must be an array, got None")
+    try:
+        x = jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(f"{where}{name} must be an array, got {type(x).__name__}") from e
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+        raise TypeError(f"{where}{name} must be a floating-point array, got dtype {x.dtype}")
     return x
+
+
+def _check_bool(value, name: str, fn: str) -> bool:
+    """``value`` as a bool (NumPy bools accepted); TypeError otherwise (a string such as
+    "no" would otherwise count as True)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{fn}: {name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -71,8 +85,8 @@ def householder_product(k, beta, v=None, gate=None) -> Affine:
     Returns:
       ``Affine(A [..., n, n], b [..., n, m] or [..., n])``.
     """
-    k = _float(k, "k")
-    beta = _float(beta, "beta")
+    k = _float(k, "k", "householder_product")
+    beta = _float(beta, "beta", "householder_product")
     if k.ndim < 2:
         raise ValueError(f"householder_product: k must be [..., n_h, n], got shape {k.shape}")
     batch, n_h, n = k.shape[:-2], k.shape[-2], k.shape[-1]
@@ -83,7 +97,7 @@ def householder_product(k, beta, v=None, gate=None) -> Affine:
         )
     dtypes = [k.dtype, beta.dtype]
     if v is not None:
-        v = _float(v, "v")
+        v = _float(v, "v", "householder_product")
         if v.ndim != k.ndim or v.shape[:-1] != (*batch, n_h):
             raise ValueError(
                 f"householder_product: v must have shape {(*batch, n_h, 'm')} ([..., n_h, m]) "
@@ -91,7 +105,7 @@ def householder_product(k, beta, v=None, gate=None) -> Affine:
             )
         dtypes.append(v.dtype)
     if gate is not None:
-        gate = _float(gate, "gate")
+        gate = _float(gate, "gate", "householder_product")
         if gate.shape != batch:
             raise ValueError(
                 f"householder_product: gate must have shape {batch} ([...]), got {gate.shape}"
@@ -143,8 +157,12 @@ def fwht(x, axis: int = -1) -> jax.Array:
 
     ``O(n log n)``; equals ``hadamard_matrix(n) @ x`` along that axis (Sylvester order).
     """
-    x = _float(x, "x")
-    axis = axis % x.ndim
+    x = _float(x, "x", "fwht")
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"fwht: axis must be an int, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"fwht: axis {axis} is out of range for x of shape {x.shape}")
+    axis = int(axis) % x.ndim
     n = x.shape[axis]
     levels = _check_pow2(n, "fwht")
     lead, trail = x.shape[:axis], x.shape[axis + 1 :]
@@ -166,7 +184,7 @@ def walsh_hadamard(w) -> jax.Array:
     Returns:
       ``[..., n, n]`` (DENSE: products of these are not Walsh-Hadamard).
     """
-    w = _float(w, "w")
+    w = _float(w, "w", "walsh_hadamard")
     _check_pow2(w.shape[-1], "walsh_hadamard: w")
     return hadamard_matrix(w.shape[-1], w.dtype) * w[..., None, :]
 
@@ -178,8 +196,9 @@ def walsh_hadamard_apply(w, h) -> jax.Array:
       w: ``[..., n]``, n a power of two.
       h: a vector ``[..., n]`` or matrix state ``[..., n, m]`` (rank one above ``w``).
     """
-    w, h = _float(w, "w"), _float(h, "h")
+    w, h = _float(w, "w", "walsh_hadamard_apply"), _float(h, "h", "walsh_hadamard_apply")
     _check_pow2(w.shape[-1], "walsh_hadamard_apply: w")
+    _check_state(h, w.shape, "walsh_hadamard_apply")
     if h.ndim == w.ndim + 1:
         return fwht(w[..., None] * h, axis=-2)
     return fwht(w * h, axis=-1)
@@ -188,8 +207,22 @@ def walsh_hadamard_apply(w, h) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 # Diagonal plus low rank, sparse
 # ------------------------------------------------------------------------------------------
+def _check_state(h, diag_shape: tuple, fn: str) -> None:
+    """ValueError unless ``h`` is a vector state ``[..., n]`` or, one rank above the diagonal
+    ``[..., n]``, a matrix state ``[..., n, m]`` (batch axes broadcasting with it)."""
+    diag_shape = tuple(diag_shape)
+    vec = h.shape if h.ndim != len(diag_shape) + 1 else h.shape[:-1]
+    try:
+        ok = vec[-1:] == diag_shape[-1:] and bool(jnp.broadcast_shapes(vec, diag_shape))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{fn}: h must have shape {diag_shape} ([..., n]) or "
+                         f"{(*diag_shape, 'm')} ([..., n, m]), got {h.shape}")
+
+
 def _check_dplr(d, u, v, fn):
-    d, u, v = _float(d, "d"), _float(u, "u"), _float(v, "v")
+    d, u, v = _float(d, "d", fn), _float(u, "u", fn), _float(v, "v", fn)
     n = d.shape[-1]
     if u.ndim != d.ndim + 1 or u.shape[:-1] != d.shape:
         raise ValueError(f"{fn}: u must have shape {(*d.shape, 'r')} ([..., n, r]), got {u.shape}")
@@ -214,7 +247,8 @@ def dplr(d, u, v) -> jax.Array:
 def dplr_apply(d, u, v, h) -> jax.Array:
     """``(diag(d) + u v^T) h`` in ``O(n r)`` per column of h (``h [..., n]`` or ``[..., n, m]``)."""
     d, u, v, n = _check_dplr(d, u, v, "dplr_apply")
-    h = _float(h, "h")
+    h = _float(h, "h", "dplr_apply")
+    _check_state(h, d.shape, "dplr_apply")
     if h.ndim == d.ndim + 1:
         vh = jnp.einsum("...nr,...nm->...rm", v, h, precision=_HI)
         return d[..., None] * h + jnp.einsum("...nr,...rm->...nm", u, vh, precision=_HI)
@@ -229,7 +263,7 @@ def sparse(values, mask) -> jax.Array:
       values: ``[..., n, n]``.
       mask: ``[n, n]`` booleans or 0/1 (the pattern, fixed across tokens).
     """
-    values = _float(values, "values")
+    values = _float(values, "values", "sparse")
     try:
         mask = jnp.asarray(mask)
     except TypeError as e:
@@ -258,21 +292,22 @@ def sparse(values, mask) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 # SLiCE: A_t = I + sum_i x_t^i A^i
 # ------------------------------------------------------------------------------------------
-def _check_structure(structure):
+def _check_structure(structure, fn: str = ""):
     if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        where = f"{fn}: " if fn else ""
+        raise ValueError(f"{where}structure must be one of {STRUCTURES}, got {structure!r}")
 
 
 def _slice_parts(x, weights, structure, fn):
     """Validates ``(x, weights)`` for ``structure``; returns (x, parts, n)."""
-    _check_structure(structure)
-    x = _float(x, "x")
+    _check_structure(structure, fn)
+    x = _float(x, "x", fn)
     if x.ndim < 1:
         raise ValueError(f"{fn}: x must be [..., d_in], got a scalar")
     d_in = x.shape[-1]
 
     def lead(w, name, rank):
-        w = _float(w, name)
+        w = _float(w, name, f"{fn}({structure!r})")
         if w.ndim != rank or w.shape[0] != d_in:
             raise ValueError(
                 f"{fn}({structure!r}): {name} must have {rank} axes with d_in = {d_in} first, "
@@ -372,7 +407,7 @@ def slice_transition(x, weights, structure: str) -> jax.Array:
 
 def slice_monoid(structure: str, weights) -> Monoid:
     """The monoid whose storage format ``slice_transition(x, weights, structure)`` returns."""
-    _check_structure(structure)
+    _check_structure(structure, "slice_monoid")
     if structure == "diagonal":
         return DIAGONAL
     if structure == "block_diagonal":
@@ -391,7 +426,7 @@ def slice_apply(x, weights, structure: str, h) -> jax.Array:
       h: the state ``[..., n]``.
     """
     x, parts, n = _slice_parts(x, weights, structure, "slice_apply")
-    h = _float(h, "h")
+    h = _float(h, "h", "slice_apply")
     if h.shape[-1] != n:
         raise ValueError(f"slice_apply: h must be [..., n] with n = {n}, got {h.shape}")
     if structure == "diagonal":
@@ -419,12 +454,12 @@ def slice_apply(x, weights, structure: str, h) -> jax.Array:
 # ------------------------------------------------------------------------------------------
 def unit_gate(x) -> jax.Array:
     """``sigmoid(x)``: a diagonal gate in ``[0, 1]``."""
-    return jax.nn.sigmoid(x)
+    return jax.nn.sigmoid(_float(x, "x", "unit_gate"))
 
 
 def signed_gate(x) -> jax.Array:
     """``2 sigmoid(x) - 1 = tanh(x / 2)``: a diagonal gate in ``[-1, 1]``."""
-    return jnp.tanh(0.5 * x)
+    return jnp.tanh(0.5 * _float(x, "x", "signed_gate"))
 
 
 def mamba_gate(dt, A, *, signed: bool = False) -> jax.Array:
@@ -433,11 +468,19 @@ def mamba_gate(dt, A, *, signed: bool = False) -> jax.Array:
     With ``signed=True`` returns ``2a - 1`` in ``[-1, 1]`` (Grazzi et al.), so that a large
     step ``dt`` drives the eigenvalue to -1 rather than 0.
     """
+    signed = _check_bool(signed, "signed", "mamba_gate")
+    dt, A = _float(dt, "dt", "mamba_gate"), _float(A, "A", "mamba_gate")
+    try:
+        jnp.broadcast_shapes(dt.shape, A.shape)
+    except ValueError:
+        raise ValueError(f"mamba_gate: dt {dt.shape} and A {A.shape} must broadcast "
+                         "together") from None
     a = jnp.exp(jax.nn.softplus(dt) * A)
     return 2.0 * a - 1.0 if signed else a
 
 
 def householder_beta(x, *, signed: bool = False) -> jax.Array:
     """``sigmoid(x)`` in ``[0, 1]`` or ``2 sigmoid(x)`` in ``[0, 2]`` (eigenvalue ``1 - beta``)."""
-    s = jax.nn.sigmoid(x)
+    signed = _check_bool(signed, "signed", "householder_beta")
+    s = jax.nn.sigmoid(_float(x, "x", "householder_beta"))
     return 2.0 * s if signed else s

@@ -335,3 +335,21 @@ def pallas_call(platform: str, kernel, **kwargs):
             return pl.pallas_call(kernel, **{**kwargs, "out_shape": out_shape})(*args)
 
     return run
+
+
+def causal_mm(a, v, dtype=None):
+    """`a @ v` for a causal `a [L, L]` (zero above the diagonal, rows and columns the tokens
+    of v's rows), with f32 accumulation, in which a non-finite `v[s, j]` reaches only the rows
+    `t >= s` of column j, as in a token loop.
+
+    A plain product spreads it up the column (`0 * NaN = NaN` above the diagonal): v is zeroed
+    where non-finite before the product, and column j is set to NaN from its first non-finite
+    row on after it (a min-reduction over the tile's rows: registers only, no pass over memory).
+    Non-finite values of `a` are not touched (mask `a` with `where`, not by a product, so that
+    they stay causal too).
+    """
+    ok = jnp.isfinite(v)
+    r = lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    first = jnp.min(jnp.where(ok, v.shape[0], r), axis=0, keepdims=True)  # [1, cols]
+    o = mm(a, jnp.where(ok, v, jnp.zeros_like(v)), dtype)
+    return jnp.where(r >= first, jnp.nan, o)

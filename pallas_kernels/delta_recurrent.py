@@ -21,7 +21,8 @@ The state's value columns are independent, so value tiles are independent progra
 key-side gradients (dq, dk, dbeta, dgate) are summed over the tiles outside. Layout: keys and
 queries arrive transposed (`[dk, L]`, a sub-step's key is a column), values as rows; no value
 is transposed inside the kernel. Grid `(B, H, dv / BV)`, all parallel. GPU (Triton) lowering;
-on CPU it runs in interpret mode. There is no TPU variant.
+on CPU it runs in interpret mode. There is no TPU variant. Token by token, a non-finite input
+reaches only later outputs, exactly as in the sequential loop (tests/test_nonfinite_delta.py).
 """
 
 from __future__ import annotations

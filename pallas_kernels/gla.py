@@ -19,6 +19,9 @@ them in reverse with the f32 adjoint state. dq and dk are partial sums over valu
 in the wrapper). The gate gradient is computed outside the kernel:
 `d log|g_u| = sum_{t >= u} (q_t dq_t - k_t dk_t) + rowsum(S_T * dS_T)` (per key).
 
+A NaN or inf reaches only later outputs and states, as in a token loop: the causal product
+`P V` goes through `_common.causal_mm`, and `P` is masked after its sum over keys.
+
 `split_intra=True` (the default for 16-bit inputs when `chunk_parallel` is off) moves the
 state-free work (`P V`, and in the backward `P^T dO` and the intra-block parts of dq, dk) into
 kernels with grid `(B, H, T / 16)`, all parallel, leaving only state matmuls on the sequential
@@ -57,14 +60,15 @@ def _sub_common(j, q_ref, k_ref, v_ref, lg_ref, sg_ref, scale, intra=True):
     mask3 = (r >= c)[:, :, None]
     decay = jnp.exp(jnp.minimum(lg[:, None, :] - lg[None, :, :], 0.0))
     gam3 = jnp.where(mask3, sg[:, None, :] * sg[None, :, :] * decay, 0.0)  # [c(t), c(s), dk]
-    p = jnp.sum(q[:, None, :] * k[None, :, :] * gam3, axis=-1)  # [c, c]
+    # masked again after the sum: a non-finite k_s (0 * NaN) stays in the rows t >= s
+    p = jnp.where(r >= c, jnp.sum(q[:, None, :] * k[None, :, :] * gam3, axis=-1), 0.0)
     return dict(q=q, k=k, v=v, g=g, g_to_end=g_to_end, gam3=gam3, p=p, mask=r >= c)
 
 
 def _intra_fwd_kernel(q_ref, k_ref, v_ref, lg_ref, sg_ref, o_ref, *, scale):
     """One sub-block's state-free part `P V` (split mode). Grid (B, H, NSB): all parallel."""
     x = _sub_common(0, q_ref, k_ref, v_ref, lg_ref, sg_ref, scale)
-    o_ref[...] = cm.mm(x["p"], x["v"], q_ref.dtype)
+    o_ref[...] = cm.causal_mm(x["p"], x["v"], q_ref.dtype)
 
 
 def _intra_bwd_kernel(q_ref, k_ref, v_ref, lg_ref, sg_ref, do_ref, dq_ref, dk_ref, dv_ref,
@@ -92,7 +96,7 @@ def _fwd_kernel(*refs, NC, n_sub, dk, scale, split):
 
     def sub(j, s):
         x = _sub_common(j, q_ref, k_ref, v_ref, lg_ref, sg_ref, scale, intra=not split)
-        o_in = oi_ref[pl.ds(j * SUB, SUB), :] if split else cm.mm(x["p"], x["v"], dt)
+        o_in = oi_ref[pl.ds(j * SUB, SUB), :] if split else cm.causal_mm(x["p"], x["v"], dt)
         o = cm.mm(x["q"] * x["g"], s, dt) + o_in
         o_ref[pl.ds(j * SUB, SUB), :] = o.astype(o_ref.dtype)
         g_col = gl_ref[pl.ds(j * dk, dk), :]  # [dk, 1]

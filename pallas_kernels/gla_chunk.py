@@ -36,6 +36,12 @@ Backward
      the reverse cumulative sum of `q dq - k dk` plus the final-state term (the formula of
      `pallas_kernels.gla.gate_grad`).
 
+A NaN or inf reaches only later outputs and states, as in a token loop (forward): a non-finite
+gate makes the cumulative log|g| NaN from its row on (`_prep_kernel`; the sweep's and the output
+kernel's exp carry it, while the Triton lowering's min and max drop NaN), the scores are masked
+after their products, `A V` goes through `_common.causal_mm`, and a NaN span counts as steep
+(`_fast`).
+
 Sequence arrays (q, k, v, o, the gates, the gradients) are `[B, H, Lp, d]` ("bhtd", TPU/CPU) or
 the caller's `[B, Lp, H, d]` ("bthd", GPU: no transposes); A, dA `[B, H, Lp, C]` and the chunk
 states `[B, H, NC * dk, dv]` are head-major. Blocks are TPU-legal (`[16 or C, d]` with d the
@@ -90,9 +96,18 @@ def _cumsum(x, scan):
 def _prep_kernel(g_ref, lc_ref, sc_ref, gc_ref, *, tiny, scan):
     # one chunk: g [C, dk] (the per-key gates, f32) -> lc: cumulative log|g| (f32), sc:
     # cumulative sign (+-1, bf16) [C, dk]; gc: the chunk's total decay as a column [dk, 1].
+    # A non-finite gate makes lc NaN from its row on in its key column (and nowhere else):
+    # set to 1 before the cumulative sum (a triangular product would spread it up the column;
+    # the Triton lowering's max drops NaN), lc set to NaN after it. The state sweep's and the
+    # output kernel's exp(lc) (no min / max) carry it into the state and the outputs.
     g = g_ref[...]
     C = g.shape[0]
+    ok = jnp.isfinite(g)
+    r, _ = cm.iotas(C, g.shape[1])
+    first = jnp.min(jnp.where(ok, C, r), axis=0, keepdims=True)  # [1, dk]
+    g = jnp.where(ok, g, 1.0)
     lc = _cumsum(jnp.log(jnp.maximum(jnp.abs(g), tiny)), scan)
+    lc = jnp.where(r >= first, jnp.nan, lc)
     cnt = _cumsum(jnp.where(g < 0, 1.0, 0.0).astype(F32), scan)
     sc = 1.0 - 2.0 * (cnt - 2.0 * jnp.floor(cnt * 0.5 + 0.25))
     lc_ref[...] = lc
@@ -149,8 +164,11 @@ def _sweep_kernel(x_ref, y_ref, lg_ref, sg_ref, gc_ref, s0_ref, ss_ref, sT_ref, 
 def _fast(lg_first, lg_last):
     """Whether a sub-block's diagonal 16 x 16 block may use rescaled products: its largest
     within-block decay `log(G_t0 / G_e)` (over this key tile) below `SPAN_LIMIT`, so every factor
-    `G_t0 / G_s` of the block is at most e^SPAN_LIMIT (no overflow, f32 relative precision)."""
-    return jnp.max(lg_first - lg_last) < SPAN_LIMIT
+    `G_t0 / G_s` of the block is at most e^SPAN_LIMIT (no overflow, f32 relative precision).
+    A NaN span (a non-finite gate in the block) counts as steep on every backend (the Triton
+    lowering's max would drop it): the column loop is exact for the rows before it."""
+    ok = jnp.where(lg_first - lg_last < SPAN_LIMIT, 1, 0)
+    return jnp.min(ok) == 1
 
 
 def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale, blocks):
@@ -168,6 +186,7 @@ def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale, blocks):
     nf = fast.astype(jnp.int32)  # the diagonal block joins the products on the fast path
     qf = q * (sg * sg0 * jnp.exp(jnp.minimum(lg - lg0, 0.0)))  # scale q_t G_t / G_t0
     r, c = cm.iotas(SUB)
+    r1, _ = cm.iotas(SUB, 1)
 
     def k_factor(lg_s, sg_s):  # G_t0 / G_s: <= 1 before t0, <= e^SPAN_LIMIT in the block
         return sg_s.astype(F32) * sg0 * jnp.exp(jnp.minimum(lg0 - lg_s, SPAN_LIMIT))
@@ -194,7 +213,9 @@ def _a_kernel(q_ref, k_ref, lg_ref, sg_ref, a_ref, *, C, scale, blocks):
     # [16, 16] tile stored in place (GPU) or in the [16, C] row block
     def column(j, acc):  # key t0 + j
         dec = _diag_decay(j, lg, sg, _row(lg_ref, t0 + j), _row(sg_ref, t0 + j))
-        col = jnp.sum(q * _row(k_ref, t0 + j) * dec, axis=1, keepdims=True)  # [16, 1]
+        # masked after the sum too: a non-finite key (0 * NaN) stays in the rows t >= t0 + j
+        col = jnp.where(r1 >= j,
+                        jnp.sum(q * _row(k_ref, t0 + j) * dec, axis=1, keepdims=True), 0.0)
         return jnp.where(c == j, col, acc) if blocks else jnp.where(cc == t0 + j, col, acc)
 
     if blocks:
@@ -211,7 +232,7 @@ def _o_kernel(q_ref, lg_ref, sg_ref, h_ref, a_ref, v_ref, o_ref, *, scale):
     # one chunk: q/lg/sg [C, dk]; h [dk, BV] (entering state); a [C, C]; v, o [C, BV]
     dt = q_ref.dtype
     qg = q_ref[...].astype(F32) * (scale * sg_ref[...].astype(F32) * jnp.exp(lg_ref[...]))
-    o = cm.mm(qg, h_ref[...], dt) + cm.mm(a_ref[...], v_ref[...], dt)
+    o = cm.mm(qg, h_ref[...], dt) + cm.causal_mm(a_ref[...], v_ref[...], dt)
     o_ref[...] = o.astype(o_ref.dtype)
 
 

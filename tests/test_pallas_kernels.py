@@ -221,7 +221,7 @@ def test_delta_product_fwd_grad(n_h, gated, T, C, pre):
         if pre == "chunk-gpu":
             return pk.delta_product(q, k, v, beta, gate=gate, initial_state=h0, scale=scale,
                                     chunk_size=C, chunk_parallel=True, interpret=True,
-                                    _target="gpu")
+                                    _target="gpu", recurrent=False)  # not delta_recurrent
         if pre in ("chunk", "chunk-bthd"):
             # bthd cases also tile the value dim: 2 tiles everywhere (key-side gradients summed
             # over tiles), or 2 tiles in the sequential kernels and 1 in the parallel ones

@@ -61,7 +61,62 @@ def test_bad_run_spec_names_the_format():
 
 
 def test_a_failing_row_makes_the_grid_fail(tmp_path, capsys):
-    rc = reproduce.main(["--out", str(tmp_path), "--runs", "parity:diagonal:unit", "--seeds", "0",
-                         "--preset", "tiny", "--", "--steps", "0"])
+    # the flags parse and check; the child fails building the model (an image model on a
+    # token task)
+    rc = reproduce.main(["--out", str(tmp_path), "--runs", "parity:plstm:unit", "--seeds", "0",
+                         "--preset", "tiny"])
     assert rc == 1
-    assert "parity-diagonal-unit" in capsys.readouterr().err
+    assert "parity-plstm-unit" in capsys.readouterr().err
+
+
+def test_bad_training_flags_are_refused_before_any_row_starts(tmp_path, capsys):
+    # item 6 of the [runs] issue: one error line (exit 2), not a failed child per row
+    for extra, words in ((["--", "--steps", "0"], "--steps must be a positive integer"),
+                         (["--", "--bogus"], "Unrecognized options: --bogus"),
+                         (["--preset", "gpu9"], "unknown preset 'gpu9'")):
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(["--out", str(tmp_path / "o"), "--runs", "parity:diagonal:unit",
+                            "--seeds", "0", "--preset", "tiny", *extra])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "error: row parity:diagonal:unit: " in err and words in err, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_run_directories_are_not_followed_through_symbolic_links(tmp_path, capsys):
+    # item 6 of the [runs] issue: a row (or seed) directory that is a link is refused, the
+    # grid exits 1 and nothing is written where the link points
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "seed_0").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "parity-diagonal-unit").symlink_to(elsewhere, target_is_directory=True)
+    (out / "parity-diagonal-signed").mkdir()
+    (out / "parity-diagonal-signed" / "seed_0").symlink_to(elsewhere / "seed_0")
+    rc = reproduce.main(["--out", str(out), "--runs", "parity:diagonal:unit",
+                         "parity:diagonal:signed", "--seeds", "0", "--preset", "tiny"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "parity-diagonal-unit: refused: a run directory is a symbolic link" in err
+    assert "parity-diagonal-signed: refused: a run directory is a symbolic link" in err
+    assert [p.name for p in elsewhere.rglob("*")] == ["seed_0"]
+    assert not (out / "parity-diagonal-signed" / "train.log").exists()
+
+
+def test_a_grid_stopped_by_its_deadline_resumes(tmp_path, capsys):
+    # a GPU call has a time limit: --deadline-s kills the running rows (they resume from
+    # their checkpoints) and starts no more; exit status 3 says the grid is not complete
+    args = ["--out", str(tmp_path), "--runs", "parity:diagonal:unit", "parity:diagonal:signed",
+            "--seeds", "0", "--preset", "tiny", "--jobs", "1"]
+    # 2.5 s: the first row starts (a child needs longer than that to import JAX and compile)
+    # and is killed, the second is not started
+    rc = reproduce.main([*args, "--deadline-s", "2.5"])
+    cap = capsys.readouterr()
+    assert rc == 3, cap.err
+    assert "2 of 2 rows stopped by --deadline-s" in cap.err
+    assert "stopped at --deadline-s after" in cap.out + cap.err
+    assert "not started: --deadline-s reached" in cap.out + cap.err
+    assert not list(tmp_path.glob("*/seed_0/eval.json"))
+    # the same command without the deadline finishes them
+    assert reproduce.main(args) == 0
+    assert len(list(tmp_path.glob("*/seed_0/eval.json"))) == 2

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -108,7 +109,7 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
         evaluate_cli.main([str(tmp_path / "nothing")])
 
 
-def test_cli_flags_and_unknown_names():
+def test_cli_flags_and_unknown_names(capsys):
     cfg = parse_args(["--task", "parity", "--model", "deltaproduct", "--n-h", "3", "--eigen",
                       "unit", "--preset", "cpu", "--out", "x", "--steps", "7"])
     assert (cfg.n_h, cfg.eigen, cfg.steps, cfg.preset) == (3, "unit", 7, "cpu")
@@ -123,5 +124,8 @@ def test_cli_flags_and_unknown_names():
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_args(argv + ["--out", "x"])
-        with pytest.raises(SystemExit, match=msg):  # exits with "error: ..." on stderr
+        with pytest.raises(SystemExit) as e:  # one "error: ..." line on stderr, status 2
             train_cli.main(argv + ["--out", "x"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error: " in err[0] and re.search(msg, err[0]), err

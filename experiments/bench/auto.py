@@ -15,7 +15,9 @@ date, device and versions), so a run cut short by a time limit resumes where it 
 Compiling, on the host's CPU, is most of the time (about 20 s a point on the GPU machine).
 ``--workers N`` first compiles the points left to measure in N processes into a persistent JAX
 compilation cache (``--cache-dir``), timing nothing; then the timing runs as without workers,
-serially and alone on the device, and its compiles load from the cache.
+serially and alone on the device, and its compiles load from the cache. XLA autotunes its
+GEMMs on the device while compiling, so the workers share the GPU's memory: with 12 workers the
+largest points ran it out of memory (2026-12-04); use at most 6 there.
 
 ``derive`` turns the measured files into ``lrnn/ops/_auto_table.py``: per backend, the
 ranking at every measured point. ``implementation="auto"`` picks, for the op's shapes at trace
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 from experiments.bench.kernels import _time  # median of timed calls after warm-up
+from experiments.common.cli import nonnegative_float
 
 # op family -> lrnn.numerics op name and the gate kind the models use
 FAMILIES = {
@@ -146,16 +149,42 @@ def _inputs(p: dict, batch: int | None = None) -> tuple[str, dict]:
                              heads=p["H"], dk=dk, dv=dv, n_h=p["n_h"], gate=gate)
 
 
-def _impls_at(p: dict, impls=IMPLS, seq_max: int | None = None) -> list[str]:
-    """The implementations timed at point ``p``: the token loop only up to ``seq_max``, Pallas
-    where this backend compiles it."""
+# "scan" of the delta family materialises a dense [dk, dk] transition per token and sub-step;
+# past this many bytes of them (float32) it is not timed: it cannot win there (at B 2048, T 128,
+# H 8, dk 32, 8.6 GB of them, it took 164 ms against 13 ms for pallas, gpu_h200_c.json) and its
+# compiles run the device out of memory (B 512, T 32, H 16, dk 128: 17 GB)
+SCAN_MAX_BYTES = 4 << 30
+
+
+def _dense_transition_bytes(p: dict) -> int:
+    return 4 * p["B"] * p["T"] * p["n_h"] * p["H"] * p["dk"] ** 2
+
+
+def _skipped_at(p: dict, impls=IMPLS, seq_max: int | None = None) -> dict[str, str]:
+    """The implementations of ``impls`` not timed at point ``p``, with the reason: the token
+    loop past ``seq_max``, Pallas where this backend does not compile it, the delta family's
+    "scan" past ``SCAN_MAX_BYTES`` of dense transitions."""
     from lrnn.ops._common import pallas_available
 
     op = FAMILIES[p["family"]][0]
     pallas_name = "delta_product" if p["family"].startswith("delta") else op
-    return [impl for impl in impls
-            if not (impl == "sequential" and seq_max is not None and p["T"] > seq_max)
-            and not (impl == "pallas" and not pallas_available(pallas_name))]
+    out = {}
+    for impl in impls:
+        if impl == "sequential" and seq_max is not None and p["T"] > seq_max:
+            out[impl] = f"token loop not timed past T = {seq_max}"
+        elif impl == "pallas" and not pallas_available(pallas_name):
+            out[impl] = "no Pallas kernel on this backend"
+        elif (impl == "scan" and p["family"].startswith("delta")
+              and _dense_transition_bytes(p) > SCAN_MAX_BYTES):
+            out[impl] = (f"would materialise {_dense_transition_bytes(p) / 2**30:.1f} GiB of "
+                         f"dense transitions (limit {SCAN_MAX_BYTES / 2**30:.0f} GiB)")
+    return out
+
+
+def _impls_at(p: dict, impls=IMPLS, seq_max: int | None = None) -> list[str]:
+    """The implementations timed at point ``p`` (the others: ``_skipped_at``)."""
+    skipped = _skipped_at(p, impls, seq_max)
+    return [impl for impl in impls if impl not in skipped]
 
 
 # an implementation's timed calls stop after about this many seconds (at least 3 calls): the
@@ -190,6 +219,9 @@ def measure_point(p: dict, impls=IMPLS, reps: int = 10, seq_max: int | None = No
         except Exception as e:  # noqa: BLE001 - a failing implementation is recorded, not fatal
             errors[impl] = f"{type(e).__name__}: {str(e)[:200]}"
     rec = dict(p, ms=ms, ranking=sorted(ms, key=ms.get), backend=jax.default_backend())
+    skipped = _skipped_at(p, impls, seq_max)
+    if skipped:
+        rec["skipped"] = skipped
     if errors:
         rec["errors"] = errors
     return rec
@@ -493,6 +525,13 @@ def main(argv=None) -> int:
         p.add_argument("files", nargs="+", help="measured JSON files (benchmarks/auto/*.json)")
         p.add_argument("--out", default=str(TABLE_PATH), help="the generated table module")
         a = p.parse_args(argv[1:])
+        for f in a.files:
+            try:
+                json.loads(Path(f).read_text())
+            except OSError as e:
+                p.error(f"{f}: {e.strerror or e}")
+            except ValueError as e:
+                p.error(f"{f} is not JSON ({e})")
         Path(a.out).write_text(render_table(derive(sorted(a.files))))
         print(f"wrote {a.out}")
         return 0
@@ -504,7 +543,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", default="gpu", choices=("gpu", "cpu", "smoke"))
     p.add_argument("--out", required=True, help="JSON file (appended to; resumable)")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--budget-s", type=float, default=0.0, help="stop after this many seconds")
+    p.add_argument("--budget-s", type=nonnegative_float, default=0.0,
+                   help="stop after this many seconds (0: no limit)")
     p.add_argument("--dtypes", default="", help="comma-separated subset of the grid's dtypes")
     p.add_argument("--families", default="", help="comma-separated subset of " +
                    ", ".join(FAMILIES))
@@ -523,6 +563,10 @@ def main(argv=None) -> int:
     bad = keep_f - set(FAMILIES)
     if bad:
         p.error(f"unknown --families {sorted(bad)}; valid: {', '.join(FAMILIES)}")
+    grid_dtypes = sorted({q["dtype"] for q in _grid(a.grid)})
+    bad = keep_dt - set(grid_dtypes)
+    if bad:
+        p.error(f"unknown --dtypes {sorted(bad)}; the {a.grid} grid has {', '.join(grid_dtypes)}")
     points = [q for q in _grid(a.grid) if (not keep_dt or q["dtype"] in keep_dt)
               and (not keep_f or q["family"] in keep_f)]
     data = measure(points, Path(a.out), a.reps, a.budget_s, seq_max=SEQUENTIAL_MAX_T[a.grid],

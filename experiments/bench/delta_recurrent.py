@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.bench.delta_recurrent",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write (must not exist)")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                   choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="the protocol shapes only")
     a = p.parse_args(argv)

@@ -280,8 +280,15 @@ def bench_diag(reps=20):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
+# the rows ``main`` measures: op names and implementations (for --ops / --impls)
+OPS = ("deltanet", "gla", "gated_deltanet", "deltaproduct_nh2", "deltaproduct_nh3")
+IMPLS = ("pallas", "chunked", "pallas-seq")
+
+
+def main(argv=None):
+    from experiments.common.cli import int_list, name_list, positive_int
+
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.kernels")
     ap.add_argument("mode", nargs="?", default="bench",
                     choices=["bench", "fla-worker", "fla-bench", "report", "diag"])
     ap.add_argument("args", nargs="*")
@@ -289,25 +296,40 @@ def main():
     ap.add_argument("--raw", default=None, help="JSON file of our raw numbers (written/read)")
     ap.add_argument("--fla-json", default=None, help="JSON of fla numbers (written/read)")
     ap.add_argument("--diag-json", default=None, help="report: diagonal rows from `diag --raw`")
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=positive_int, default=20)
     ap.add_argument("--fla", action="store_true", help="also run fla (subprocess) first")
     ap.add_argument("--quick", action="store_true", help="first shape only")
-    ap.add_argument("--shapes", default=None, help="comma list of indices into SHAPES")
-    ap.add_argument("--fla-ops", default="deltanet,gla", help="fla-bench: ops to time")
+    ap.add_argument("--shapes", type=int_list(minimum=0), default=None,
+                    help=f"comma list of indices into SHAPES (0..{len(SHAPES) - 1})")
+    ap.add_argument("--fla-ops", type=name_list(("deltanet", "gla")), default=["deltanet", "gla"],
+                    help="fla-bench: ops to time")
     ap.add_argument("--no-chunked", action="store_true",
                     help="skip the XLA chunked rows (their compile is slow at these shapes)")
-    ap.add_argument("--impls", default=None,
-                    help="comma list: only these impl rows (e.g. pallas,pallas-seq)")
-    ap.add_argument("--ops", default=None,
-                    help="comma list: only these ops (deltanet, gla, gated_deltanet, ...)")
+    ap.add_argument("--impls", type=name_list(IMPLS), default=None,
+                    help="comma list: only these impl rows (" + ", ".join(IMPLS) + ")")
+    ap.add_argument("--ops", type=name_list(OPS), default=None,
+                    help="comma list: only these ops (" + ", ".join(OPS) + ")")
     ap.add_argument("--no-diag", action="store_true", help="skip the diagonal recurrence")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.mode == "fla-worker":
+        if len(a.args) != 2:
+            ap.error("fla-worker takes two paths: IN.npz OUT.npz")
         fla_worker(*a.args)
         return
+    if a.args:
+        ap.error(f"unexpected arguments {a.args} (only fla-worker takes paths)")
     shapes = SHAPES[:1] if a.quick else SHAPES
     if a.shapes is not None:
-        shapes = [SHAPES[int(i)] for i in a.shapes.split(",")]
+        bad = [i for i in a.shapes if i >= len(SHAPES)]
+        if bad:
+            ap.error(f"--shapes: index {bad[0]} out of range; SHAPES has {len(SHAPES)}")
+        shapes = [SHAPES[i] for i in a.shapes]
+    if a.mode == "report":
+        if not a.raw:
+            ap.error("report needs --raw RAW.json[,RAW2.json...]")
+        for path in [*a.raw.split(","), *filter(None, (a.diag_json,))]:
+            if not os.path.isfile(path):
+                ap.error(f"report: no such file {path!r}")
     if a.mode == "diag":
         diag = bench_diag(a.reps)
         print("DIAGJSON " + json.dumps(diag))
@@ -316,7 +338,7 @@ def main():
                 json.dump(diag, fh)
         return
     if a.mode == "fla-bench":
-        res = fla_bench(shapes, 100, tuple(a.fla_ops.split(",")))
+        res = fla_bench(shapes, 100, tuple(a.fla_ops))
         if a.fla_json:
             with open(a.fla_json, "w") as fh:
                 json.dump(res, fh)
@@ -362,8 +384,8 @@ def main():
 
     rows = []
 
-    keep_impl = None if a.impls is None else set(a.impls.split(","))
-    keep_op = None if a.ops is None else set(a.ops.split(","))
+    keep_impl = None if a.impls is None else set(a.impls)
+    keep_op = None if a.ops is None else set(a.ops)
 
     def run(name, kind, impl, shape, n_h=1):
         if (keep_impl and impl not in keep_impl) or (keep_op and name not in keep_op):

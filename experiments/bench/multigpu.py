@@ -206,30 +206,38 @@ def write_results(path: str, section: str, *, begin: str = BEGIN, end: str = END
 
 
 def main(argv=None) -> int:
+    from experiments.common.cli import nonnegative_int, positive_int
+
     d = Config()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    pos = positive_int
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.multigpu",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", nargs="+", default=list(d.ops), choices=["deltanet", "gla"])
-    p.add_argument("--P", nargs="+", type=int, default=list(d.P))
+    p.add_argument("--P", nargs="+", type=pos, default=list(d.P))
     p.add_argument("--exchanges", nargs="+", default=list(d.exchanges),
                    choices=["all_gather", "ppermute"])
     p.add_argument("--scalings", nargs="+", default=list(d.scalings), choices=["weak", "strong"])
-    p.add_argument("--t-per-device", type=int, default=d.t_per_device)
-    p.add_argument("--strong-t", type=int, default=d.strong_t)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--heads", type=int, default=d.heads)
-    p.add_argument("--dim", type=int, default=d.dim)
-    p.add_argument("--implementation", default=d.implementation)
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
-    p.add_argument("--reps", type=int, default=d.reps)
-    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--t-per-device", type=pos, default=d.t_per_device)
+    p.add_argument("--strong-t", type=pos, default=d.strong_t)
+    p.add_argument("--batch", type=pos, default=d.batch)
+    p.add_argument("--heads", type=pos, default=d.heads)
+    p.add_argument("--dim", type=pos, default=d.dim)
+    p.add_argument("--implementation", default=d.implementation, choices=ops.IMPLEMENTATIONS)
+    p.add_argument("--chunk-size", type=pos, default=d.chunk_size)
+    p.add_argument("--reps", type=pos, default=d.reps)
+    p.add_argument("--warmup", type=nonnegative_int, default=d.warmup)
     p.add_argument("--dtype", default=d.dtype, choices=["bfloat16", "float32"])
-    p.add_argument("--cpu-devices", type=int, default=4,
+    p.add_argument("--cpu-devices", type=pos, default=4,
                    help="virtual devices when running on CPU (read before JAX starts)")
     p.add_argument("--out", default="benchmarks/multigpu.md")
     p.add_argument("--results", default="benchmarks/RESULTS.md",
                    help="also put the table into this file's multigpu section ('' = no)")
     a = p.parse_args(argv)
+    if "strong" in a.scalings:
+        bad = [P for P in a.P if a.strong_t % P]
+        if bad:
+            p.error(f"--strong-t {a.strong_t} is not a multiple of --P {bad[0]}")
     cfg = Config(ops=tuple(a.ops), P=tuple(a.P), exchanges=tuple(a.exchanges),
                  scalings=tuple(a.scalings),
                  t_per_device=a.t_per_device, strong_t=a.strong_t, batch=a.batch,

@@ -160,23 +160,25 @@ def plot(run_dirs: list[Path], path: Path, title: str = "") -> None:
 
 
 def main(argv=None) -> int:
+    from experiments.common.cli import positive_int
     from experiments.train import run as train_run
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.multigpu_train",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--meshes", nargs="+", default=["", "data=2,seq=2", "data=1,seq=4"],
                    help='mesh specs; "" is one device (the reference, put it first)')
     p.add_argument("--task", default="parity")
     p.add_argument("--model", default="deltanet")
     p.add_argument("--preset", default="paper")
-    p.add_argument("--length", type=int, default=16384)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-per-length", type=int, default=32)
+    p.add_argument("--length", type=positive_int, default=16384)
+    p.add_argument("--steps", type=positive_int, default=200)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--log-every", type=positive_int, default=10)
+    p.add_argument("--eval-per-length", type=positive_int, default=32)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="other Config fields, e.g. d_model=32 chunk_size=16 (small CPU runs)")
-    p.add_argument("--cpu-devices", type=int, default=4,
+    p.add_argument("--cpu-devices", type=positive_int, default=4,
                    help="virtual devices when running on CPU (read before JAX starts)")
     p.add_argument("--out", default="benchmarks/multigpu_train")
     p.add_argument("--results", default="benchmarks/RESULTS.md",
@@ -194,36 +196,62 @@ def main(argv=None) -> int:
                                                           else sys.argv[1:]))
     if a.compare:
         dirs = [Path(d) for d in a.compare]
+        missing = [str(d) for d in dirs if not (d / "metrics.jsonl").is_file()
+                   or not (d / "config.json").is_file()]
+        if missing:
+            p.error(f"--compare: not a run directory (config.json and metrics.jsonl): "
+                    f"{', '.join(missing)}")
         cfg0 = json.loads((dirs[0] / "config.json").read_text())
         cfg = Config(**{k: v for k, v in cfg0.items() if k in
                         {f.name for f in dataclasses.fields(Config)}})
         return _report(dirs, cfg, command, Path(a.out), a.results, devices=a.devices,
                        versions=a.versions, date=a.date)
 
-    extra = {}
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    for kv in a.set:
-        k, sep, v = kv.partition("=")
-        if not sep or k not in fields:
-            p.error(f"--set {kv!r}: expected FIELD=VALUE with FIELD a Config field")
-        t = type(getattr(Config, k))
-        extra[k] = (v.lower() in ("1", "true", "yes")) if t is bool else t(v)
+    from experiments.common.cli import UsageError, fail, set_overrides
+
+    prog = "python -m experiments.bench.multigpu_train"
+    try:
+        extra = set_overrides(a.set, Config)
+        cfgs = [check_run_config(run_config(
+            mesh, task=a.task, model=a.model, length=a.length, steps=a.steps, batch=a.batch,
+            out=Path(a.out), preset=a.preset, log_every=a.log_every,
+            eval_per_length=a.eval_per_length, progress=a.progress, **extra))
+            for mesh in a.meshes]
+    except ValueError as e:  # UsageError, and the presets' and configs' ValueErrors
+        fail(prog, e)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    dirs, cfgs = [], []
-    for mesh in a.meshes:
-        cfg = run_config(mesh, task=a.task, model=a.model, length=a.length, steps=a.steps,
-                         batch=a.batch, out=out, preset=a.preset, log_every=a.log_every,
-                         eval_per_length=a.eval_per_length, progress=a.progress, **extra)
+    dirs = []
+    for cfg in cfgs:
+        mesh = cfg.mesh
         d = Path(cfg.out)
         if d.exists():  # a fresh run, not a resumed one
             shutil.rmtree(d)
         print(f"multigpu_train: mesh {mesh or 'one device'!r} -> {d}", file=sys.stderr)
-        train_run(cfg)
+        try:
+            train_run(cfg)
+        except UsageError as e:
+            fail(prog, e)
         shutil.rmtree(d / "checkpoints", ignore_errors=True)
         dirs.append(d)
-        cfgs.append(cfg)
     return _report(dirs, cfgs[0], command, out, a.results)
+
+
+def check_run_config(cfg: Config) -> Config:
+    """``cfg`` if its names, values and mesh are valid here; ValueError naming the flag
+    otherwise (before any mesh trains)."""
+    from experiments.common.mesh import make_mesh, parse_mesh
+    from experiments.models import model_names
+    from experiments.tasks import get_task
+    from experiments.train import check_config
+
+    get_task(cfg.task)
+    if cfg.model not in model_names():
+        raise ValueError(f"--model {cfg.model!r}: valid models: {', '.join(model_names())}")
+    check_config(cfg)
+    parse_mesh(cfg.mesh)
+    make_mesh(cfg.mesh)  # enough devices
+    return cfg
 
 
 def _report(dirs, cfg: Config, command: str, out: Path, results: str, **info) -> int:

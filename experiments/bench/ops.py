@@ -161,6 +161,35 @@ def markdown(cfg: Config, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check(cfg: Config) -> Config:
+    """``cfg`` if every size is positive and every name known; UsageError naming the flag."""
+    from experiments.common.cli import UsageError
+    from lrnn.numerics import GATES, OPS
+    from lrnn.ops import IMPLEMENTATIONS
+
+    for name in ("T", "batch", "heads", "dk", "dv", "n_h", "repeats"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    bad = [C for C in cfg.chunk_sizes if C < 1]
+    if bad or ("chunked" in cfg.implementations and not cfg.chunk_sizes):
+        raise UsageError(f"--chunk-sizes must be positive integers, got {list(cfg.chunk_sizes)}")
+    bad = [i for i in cfg.implementations if i not in IMPLEMENTATIONS]
+    if bad or not cfg.implementations:
+        raise UsageError(f"--implementations: {bad or 'none'}; valid: {', '.join(IMPLEMENTATIONS)}")
+    if not cfg.ops:
+        raise UsageError("--ops: none given")
+    for spec in cfg.ops:
+        op, _, gate = spec.partition(":")
+        if op not in OPS:
+            raise UsageError(f"--ops {spec!r}: unknown op {op!r}; valid: {', '.join(OPS)}")
+        kinds = GATES.get(op, ())
+        if (gate or kinds) and gate not in kinds:
+            raise UsageError(f"--ops {spec!r}: {op} takes " + (
+                f"a gate kind :{' or :'.join(kinds)}" if kinds else "no gate kind"))
+    return cfg
+
+
 def main(cfg: Config) -> list[dict]:
     os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)
 
@@ -176,7 +205,20 @@ def main(cfg: Config) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
-    import tyro  # only at the entry point
+def cli(argv: list[str] | None = None) -> list[dict]:
+    """``python -m experiments.bench.ops [flags]``: a bad flag is one ``error:`` line."""
+    import sys
 
-    main(tyro.cli(Config))
+    from experiments.common.cli import UsageError, fail, tyro_cli
+
+    prog = "python -m experiments.bench.ops"
+    try:
+        cfg = check(tyro_cli(Config, args=sys.argv[1:] if argv is None else argv, prog=prog,
+                             description=__doc__.split("\n\n")[0]))
+    except UsageError as e:
+        fail(prog, e)
+    return main(cfg)
+
+
+if __name__ == "__main__":
+    cli()  # tyro only at the entry point

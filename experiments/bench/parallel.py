@@ -224,22 +224,27 @@ def write_markdown(rows, args_ns, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ops", default="gla,delta_rule")
-    ap.add_argument("--devices", default="1,2,4,8", help="values of P")
-    ap.add_argument("--lengths", default="1024,4096,16384", help="values of T")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--heads", type=int, default=2)
-    ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    from experiments.common.cli import int_list, name_list, positive_int
+
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.parallel",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--ops", type=name_list(("gla", "delta_rule")), default="gla,delta_rule")
+    ap.add_argument("--devices", type=int_list(), default="1,2,4,8", help="values of P")
+    ap.add_argument("--lengths", type=int_list(), default="1024,4096,16384", help="values of T")
+    ap.add_argument("--batch", type=positive_int, default=1)
+    ap.add_argument("--heads", type=positive_int, default=2)
+    ap.add_argument("--dim", type=positive_int, default=32)
+    ap.add_argument("--chunk", type=positive_int, default=64)
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--out", default="benchmarks/parallel_cpu.md")
     a = ap.parse_args(argv)
-    ops = a.ops.split(",")
-    ps = [int(x) for x in a.devices.split(",")]
-    ts = [int(x) for x in a.lengths.split(",")]
+    ops, ps, ts = a.ops, a.devices, a.lengths
     if max(ps) > len(jax.devices()):
         ap.error(f"--devices asks for {max(ps)} devices, JAX has {len(jax.devices())}")
+    bad = [(t, p) for t in ts for p in ps if t % p]
+    if bad:
+        ap.error(f"--lengths {bad[0][0]} is not a multiple of --devices {bad[0][1]} (each "
+                 "device holds T / P tokens)")
     cases = [(op, ex, p, t) for op in ops for p in ps for ex in parallel.EXCHANGES
              for t in ts if not (p == 1 and ex == "ppermute")]
     rows = []

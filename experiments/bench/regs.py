@@ -119,10 +119,10 @@ def compile_report(text: str, capability: int = 90, num_warps: int = 4,
     return dict(registers=regs, spill_bytes=spill, shared=int(md["shared"]))
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.regs")
     ap.add_argument("--op", default="gla", choices=["gla", "delta", "gated"])
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     mods = capture_ttir(a.op)
     print(f"{a.op} fwd+bwd at {SHAPE}, bf16, the GPU defaults; triton's CUDA backend, sm_90\n")
     print("| kernel | warps | stages | registers | spill bytes | shared bytes |\n"

@@ -237,23 +237,22 @@ def _knob(spec):
     return setter, [parse(v) for v in vals.split(",")]
 
 
-def _ints(s):
-    return [int(x) for x in s.split(",")]
+def main(argv=None):
+    from experiments.common.cli import int_list, name_list, positive_int
 
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--op", default="delta-chunk", help="comma list of " + ", ".join(PATHS))
-    ap.add_argument("--shape", default="8,2048,16,128")
-    ap.add_argument("--chunks", default="64")
-    ap.add_argument("--block-v", default="64")
-    ap.add_argument("--warps", default="4")
-    ap.add_argument("--block-v-chunk", type=int, default=None,
+    ap = argparse.ArgumentParser(prog="python -m experiments.bench.stages")
+    ap.add_argument("--op", type=name_list(PATHS), default="delta-chunk",
+                    help="comma list of " + ", ".join(PATHS))
+    ap.add_argument("--shape", type=int_list(), default="8,2048,16,128", help="B,T,H,D")
+    ap.add_argument("--chunks", type=int_list(), default="64")
+    ap.add_argument("--block-v", type=int_list(), default="64")
+    ap.add_argument("--warps", type=int_list(), default="4")
+    ap.add_argument("--block-v-chunk", type=positive_int, default=None,
                     help="delta-chunk: value tile of the chunk-parallel kernels (default bv)")
     ap.add_argument("--layout", default="bthd", choices=["bthd", "bhtd"])
-    ap.add_argument("--key-tile", default=None,
+    ap.add_argument("--key-tile", type=int_list(minimum=0), default=None,
                     help="gla-chunk: key tiles of the score and dq/dk kernels, e.g. 64,32 (0: all)")
-    ap.add_argument("--stages", default="0",
+    ap.add_argument("--stages", type=int_list(minimum=0), default="0",
                     help="Triton num_stages overrides to sweep (0: each kernel's own)")
     ap.add_argument("--knob", action="append", default=[],
                     help="MODULE.NAME=v1,v2 or MODULE.NAME.KEY=v1,v2: sweep a module-level "
@@ -261,26 +260,31 @@ def main():
                          "delta_chunk.WARPS.wu=2,4 or delta_chunk.GRAD_SPLIT=1,0; repeatable")
     ap.add_argument("--only", default="", help="comma list of stage names to time (and total)")
     ap.add_argument("--gated", action="store_true", help="delta paths: Gated DeltaNet")
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=positive_int, default=10)
     ap.add_argument("--json", default=None)
     ap.add_argument("--interpret", action="store_true", help="CPU smoke test (tiny shapes)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    if len(a.shape) != 4:
+        ap.error(f"--shape: expected B,T,H,D (four integers), got {a.shape}")
+    try:
+        knobs = [_knob(k) for k in a.knob]
+    except (ValueError, ImportError, AttributeError) as e:
+        ap.error(f"--knob: expected MODULE.NAME[.KEY]=v1,v2 naming a setting of "
+                 f"pallas_kernels ({type(e).__name__}: {e})")
     _LAYOUT[0] = a.layout
     _ONLY[:] = [s for s in a.only.split(",") if s]
     _BVC[0] = a.block_v_chunk
     if a.key_tile:
         from pallas_kernels import gla_chunk
 
-        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), (t or None for t in _ints(a.key_tile))))
+        gla_chunk.KEY_TILE.update(zip(("scores", "dqk"), (t or None for t in a.key_tile)))
     if a.interpret:
         _MODE[:] = [True, "cpu"]
-    shape = tuple(int(s) for s in a.shape.split(","))
+    shape = tuple(a.shape)
     results = []
-    for op in a.op.split(","):
-        knobs = [_knob(k) for k in a.knob]
+    for op in a.op:
         for C, bv, nw, ns, *kv in itertools.product(
-                _ints(a.chunks), _ints(a.block_v), _ints(a.warps), _ints(a.stages),
-                *[vals for _, vals in knobs]):
+                a.chunks, a.block_v, a.warps, a.stages, *[vals for _, vals in knobs]):
             for (setter, _), v in zip(knobs, kv):
                 setter(v)
             tag = " ".join(f"{k.split('=')[0]}={v}" for k, v in zip(a.knob, kv))

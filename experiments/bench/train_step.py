@@ -221,6 +221,35 @@ def _meta() -> dict:
             "xla_flags": os.environ.get("XLA_FLAGS", "")}  # e.g. command buffers turned off
 
 
+def check_configs(task: str, models, implementations, preset: str, overrides: dict) -> None:
+    """ValueError naming the flag unless every (model, implementation) config is valid (before
+    anything is timed: a bad name is one error, not a row of errors)."""
+    from experiments.configs import Config, apply_preset
+    from experiments.models import model_names
+    from experiments.tasks import get_task
+    from experiments.train import check_config
+    from lrnn.ops import IMPLEMENTATIONS
+
+    get_task(task)
+    bad = [i for i in implementations if i not in IMPLEMENTATIONS]
+    if bad:
+        raise ValueError(f"--implementations {bad[0]!r}: valid: {', '.join(IMPLEMENTATIONS)}")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"--set: unknown Config fields {bad}")
+    for model in models:
+        if model not in model_names():
+            raise ValueError(f"--models {model!r}: valid models: {', '.join(model_names())}")
+        for impl in implementations:
+            cfg = apply_preset(Config(task=task, model=model), preset)
+            try:
+                cfg = dataclasses.replace(cfg, implementation=impl, **overrides)
+            except TypeError as e:
+                raise ValueError(f"--set: {e}") from None
+            check_config(cfg)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.bench.train_step",
                                 description=__doc__.split("\n\n")[0])
@@ -245,10 +274,21 @@ def main(argv=None) -> int:
         p.error("--steps must be >= 1")
     if a.profile < 0:
         p.error("--profile must be >= 0")
+    if a.loop_steps < 0:
+        p.error("--loop-steps must be >= 0")
+    if min(a.seeds) < 1:
+        p.error(f"--seeds: ensemble sizes must be >= 1, got {a.seeds}")
     overrides = {}
     for item in a.set:
         k, _, v = item.partition("=")
-        overrides[k] = json.loads(v) if v not in ("", None) else v
+        try:
+            overrides[k] = json.loads(v) if v not in ("", None) else v
+        except ValueError:
+            overrides[k] = v  # a plain string (e.g. implementation=chunked)
+    try:
+        check_configs(a.task, a.models, a.implementations, a.preset, overrides)
+    except ValueError as e:
+        p.error(str(e))
     rows = []
     for model in a.models:
         for impl in a.implementations:

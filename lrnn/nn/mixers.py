@@ -33,9 +33,7 @@ __all__ = [
 
 
 def _signed(cfg: ModelConfig) -> bool:
-    if cfg.eigen not in ("unit", "signed"):
-        raise ValueError(f"eigen must be 'unit' or 'signed', got {cfg.eigen!r}")
-    return cfg.eigen == "signed"
+    return cfg.eigen == "signed"  # "unit" or "signed" (ModelConfig checks it)
 
 
 # [parallel] begin
@@ -51,12 +49,9 @@ def _no_sequence_axis(mixer: str) -> None:
 
 
 def _heads(cfg: ModelConfig, head_dim: int = 0) -> int:
-    """The per-head size: ``head_dim`` if set, else ``d_model / heads``."""
-    if cfg.heads < 1:
-        raise ValueError(f"heads must be >= 1, got {cfg.heads}")
+    """The per-head size: ``head_dim`` if set, else ``d_model / heads`` (ModelConfig has
+    checked that both are >= 1, head_dim >= 0)."""
     if head_dim:
-        if head_dim < 1:
-            raise ValueError(f"head_dim must be >= 1 (or 0 for d_model / heads), got {head_dim}")
         return head_dim
     if cfg.d_model % cfg.heads:
         raise ValueError(f"d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
@@ -227,8 +222,6 @@ class DeltaProductMixer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         D, H, dh, nh = cfg.d_model, cfg.heads, _heads(cfg, cfg.head_dim), cfg.n_h
-        if nh < 1:
-            raise ValueError(f"n_h must be >= 1, got {nh}")
         dt = cfg.compute_dtype
         self.cfg, self.H, self.dh, self.nh = cfg, H, dh, nh
         inner = H * dh
@@ -335,8 +328,11 @@ class SliceMixer(nnx.Module):
         dt = cfg.compute_dtype
         self.cfg, self.n, self.di = cfg, n, di
         self.structure = cfg.structure
-        if cfg.slice_drive not in ("tanh", "linear"):
-            raise ValueError(f"slice_drive must be 'tanh' or 'linear', got {cfg.slice_drive!r}")
+        if cfg.structure == "walsh_hadamard" and n & (n - 1):
+            raise ValueError(
+                f"the Walsh-Hadamard structure needs a power-of-two state size, got n = {n} "
+                "(slice_state, or d_model where slice_state = 0)"
+            )
         self.x_proj = nnx.Linear(D, di, dtype=dt, rngs=rngs)
         self.b_proj = nnx.Linear(D, n, use_bias=False, dtype=dt, rngs=rngs)
         self.out_proj = nnx.Linear(n, D, use_bias=False, dtype=dt, rngs=rngs)

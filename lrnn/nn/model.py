@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lrnn.nn.config import ModelConfig
@@ -36,9 +37,7 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dt = cfg.compute_dtype
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
-        self.rate = cfg.dropout
+        self.rate = cfg.dropout  # in [0, 1) (ModelConfig checks it)
         self.norm1 = nnx.RMSNorm(cfg.d_model, dtype=dt, rngs=rngs)
         self.mixer = make_mixer(cfg, rngs=rngs)
         if cfg.mlp_ratio:
@@ -76,6 +75,14 @@ class SequenceModel(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, num_classes: int, *, rngs: nnx.Rngs):
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"SequenceModel: cfg must be an lrnn.nn.ModelConfig, got "
+                            f"{type(cfg).__name__}")
+        for name, v in (("vocab_size", vocab_size), ("num_classes", num_classes)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise TypeError(f"SequenceModel: {name} must be an int, got {v!r}")
+            if v < 1:
+                raise ValueError(f"SequenceModel: {name} must be >= 1, got {v}")
         dt = cfg.compute_dtype
         self.cfg = cfg
         self.embed = nnx.Embed(vocab_size, cfg.d_model, dtype=dt, rngs=rngs)

@@ -64,6 +64,27 @@ def check_choice(value, choices: tuple, name: str, op: str) -> str:
     return value
 
 
+def check_bool(value, name: str, op: str) -> bool:
+    """``value`` as a bool (NumPy bools accepted); TypeError otherwise (a string such as "no"
+    would otherwise count as True)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_sequence_axis(axis_name, exchange, op: str) -> None:
+    """The sequence-parallel arguments of an op: ``axis_name`` None or the name (str) of the
+    mesh axis time is split over (all that ``lrnn.parallel.shard_prefix`` takes), ``exchange``
+    one of ``lrnn.parallel.EXCHANGES``, checked without ``axis_name`` too (a typo is an error
+    on one device as well). The rules are ``lrnn.parallel``'s own, so that the ops, the scans
+    and ``sequence_axis`` accept the same."""
+    from lrnn import parallel  # lazy, as in shard_prefix
+
+    parallel._check_exchange(exchange, op)
+    if axis_name is not None:
+        parallel._check_axis_name(axis_name, op)
+
+
 def check_scale(scale, op: str):
     if isinstance(scale, bool) or not isinstance(scale, int | float):
         if not (hasattr(scale, "shape") and jnp.shape(scale) == ()):

@@ -29,6 +29,11 @@ inverse is formed by substitution on 8 x 8 diagonal blocks merged by block recur
 a batched triangular solve on CPU. The chunk-local
 work runs under ``jax.checkpoint`` (the backward pass recomputes it instead of storing
 ``[L, L]`` tensors).
+
+Non-finite inputs stay causal, as in the token loop: the chunk arithmetic runs on their
+finite part and NaN is put where the loop is non-finite (:func:`_sanitise`): a bad
+``v[t, j, c]`` poisons value column c from sub-step (t, j) on, a bad k, beta or gate every
+column, a bad q only token t's read-out; the chunk summaries carry the NaN columns on.
 """
 
 from __future__ import annotations
@@ -225,17 +230,51 @@ def _loop_lowrank(lowrank, S0):
     return jnp.moveaxis(S_in, 0, 2), S_final
 
 
+def _sanitise(q, k, v, beta, gate):
+    """Non-finite inputs replaced by neutral values, and what they poison in the token loop.
+
+    Inside a chunk a bad value would reach earlier rows through the triangular products
+    (``0 * NaN = NaN``), so the chunk arithmetic runs on finite values (0; gates 1) and the
+    outputs and states the token loop makes non-finite are set to NaN afterwards.
+
+    Returns:
+      ``((q, k, v, beta, gate) sanitised, bad_q [B, T, H], bad_col [B, T, H, n_h, dv])``:
+      ``bad_q``: token t's read-out only; ``bad_col``: value column c from sub-step (t, j)
+      on (the state's columns evolve independently, so a bad ``v[t, j, c]`` poisons that
+      column alone; a bad k, beta or gate every column).
+    """
+    ok = jnp.isfinite
+    bad_q = ~jnp.all(ok(q), axis=-1)
+    bad_row = ~jnp.all(ok(k), axis=-1) | ~ok(beta)  # [B, T, H, n_h]
+    if gate is not None:  # the gate acts before the first sub-step
+        bad_row = bad_row | (~ok(gate)[..., None] & (jnp.arange(k.shape[3]) == 0))
+    bad_col = ~ok(v) | bad_row[..., None]
+    clean = lambda x, fill=0.0: jnp.where(ok(x), x, fill)
+    gate = None if gate is None else clean(gate, 1.0)
+    return (clean(q), clean(k), clean(v), clean(beta), gate), bad_q, bad_col
+
+
 def _chunked(q, k, v, beta, gate, S0, C, chunk_combine):
-    B, T, H, _ = q.shape
-    lowrank, (qeff, oin) = jax.checkpoint(functools.partial(_chunk_phase, C=C))(
+    B, T, H, n_h, _ = k.shape
+    (q, k, v, beta, gate), bad_q, bad_col = _sanitise(q, k, v, beta, gate)
+    (g, KD, W, b), (qeff, oin) = jax.checkpoint(functools.partial(_chunk_phase, C=C))(
         q, k, v, beta, gate
     )
+    # per chunk and value column, the first poisoned sub-step (L: none)
+    L = C * n_h
+    bad = _chunk_layout(bad_col, C, False).reshape(b.shape[:3] + (L, v.shape[-1]))
+    first = jnp.min(jnp.where(bad, jnp.arange(L)[:, None], L), axis=-2)  # [B, H, N, dv]
+    b = jnp.where((first < L)[..., None, :], jnp.nan, b)  # the state after the chunk
+    lowrank = (g, KD, W, b)
     if chunk_combine == "loop":
         S_in, S_final = _loop_lowrank(lowrank, S0)
     else:
         S_in, S_final = c.combine_chunks(DENSE, _dense(*lowrank), S0, axis=2,
                                          chunk_combine=chunk_combine)
     o = c.einsum("bhntk,bhnkv->bhntv", qeff, S_in) + oin
+    rows = jnp.arange(C) * n_h + (n_h - 1)  # read-out sub-steps
+    poison = (rows[:, None] >= first[..., None, :]) | _chunk_layout(bad_q, C, False)[..., None]
+    o = jnp.where(poison, jnp.nan, o)
     N = o.shape[2]
     o = jnp.moveaxis(o, 1, 3).reshape(B, N * C, H, -1)[:, :T]
     return o, S_final
@@ -319,6 +358,7 @@ def _delta(q, k, v, beta, gate, S0, scale, chunk_size, implementation, chunk_com
     chunk_size = c.check_positive_int(chunk_size, "chunk_size", op)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", op)
     c.check_scale(scale, op)
+    c.check_sequence_axis(axis_name, exchange, op)
     if c.empty(q, k, v, beta) and axis_name is None:
         impl = "sequential"
     out_dt = c.out_dtype(q, k, v)

@@ -13,6 +13,10 @@ All gate products come from :mod:`lrnn.ops._common` (log space, sign apart, rang
 masked cumulative sums). Per-key gates form the ``[C, C, dk]`` decay tensor per chunk; the
 chunk-local work runs under ``jax.checkpoint`` so the backward pass recomputes it rather
 than storing it.
+
+A NaN or inf in the inputs reaches only later positions, as in the token loop, in every
+implementation: the chunked form zeroes non-finite values before its masked products and sets
+the entries the loop makes non-finite afterwards (``_finite_chunks``).
 """
 
 from __future__ import annotations
@@ -177,10 +181,56 @@ def _intra_per_key(q, k, v, f, neg, sub):
     return o.reshape(o.shape[:3] + (C, o.shape[-1]))
 
 
+def _first_bad(x, C, neutral=0.0):
+    """Per chunk, the position of the first non-finite value along time (C if none), and x
+    with its non-finite values replaced by ``neutral``: ``([B, H, N, ...], x)`` for x
+    ``[B, T, H, ...]``."""
+    ok = jnp.isfinite(x)
+    t = lax.broadcasted_iota(jnp.int32, (C,) + (1,) * (x.ndim - 3), 0)
+    first = jnp.min(jnp.where(_chunk_layout(ok, C, True), C, t), axis=3)
+    return first, jnp.where(ok, x, neutral)
+
+
+def _finite_chunks(k, v, gate, C):
+    """Causality of non-finite values (NaN, inf) in the chunked form.
+
+    A masked product (``0 * x`` of a causal mask, a triangular cumulative sum) turns a NaN or
+    inf at position s into NaNs at positions before s in its chunk. So each is zeroed first
+    (a gate set to 1) and the chunk's affected entries are set to NaN afterwards (``poison``),
+    where the token loop makes them non-finite: value column c from the first bad ``v[., c]``
+    on; every column from the first bad ``k[., i]`` or gate ``g[., i]`` on (the state's key
+    row i is non-finite from there, and every output reads every row); in the chunk summary
+    key row i (b, and A for a gate), value column c. A non-finite q only reaches its own
+    output row in every product, so it is left as it is.
+
+    Returns:
+      ``(k, v, gate, poison)``: the zeroed inputs and ``poison(summary, oin)``.
+    """
+    fk, k = _first_bad(k, C)  # [B, H, N, dk]
+    fv, v = _first_bad(v, C)  # [B, H, N, dv]
+    fg, gate = _first_bad(gate, C, 1.0)  # [B, H, N] or [B, H, N, dk]
+    fg = fg[..., None] if fg.ndim == 3 else fg
+    row = jnp.minimum(fk, fg)  # key row i of the state is non-finite from row[i] on
+
+    def poison(summary, oin):
+        A, b = summary
+        A = jnp.where(fg < C, jnp.nan, A)
+        b = jnp.where((row[..., :, None] < C) | (fv[..., None, :] < C), jnp.nan, b)
+        t = lax.broadcasted_iota(jnp.int32, (C, 1), 0)
+        first = jnp.minimum(jnp.min(row, axis=-1)[..., None], fv)  # [B, H, N, dv]
+        oin = jnp.where(t >= first[..., None, :], jnp.nan, oin)
+        return Affine(A, b), oin
+
+    return k, v, gate, poison
+
+
 def _chunk_phase(q, k, v, gate, C):
+    k, v, gate, poison = _finite_chunks(k, v, gate, C)
     f, neg = _log_gates(gate, C)
     qc, kc, vc = (_chunk_layout(x, C) for x in (q, k, v))
-    return _summaries(kc, vc, f, neg), _readout(qc, kc, vc, f, neg)
+    qeff, oin = _readout(qc, kc, vc, f, neg)
+    summary, oin = poison(_summaries(kc, vc, f, neg), oin)
+    return summary, (qeff, oin)
 
 
 def _chunked(q, k, v, gate, S0, C, chunk_combine):
@@ -265,6 +315,7 @@ def gated_linear_attention(
                                     dims=dict(B=B, T=T, H=H, dk=dk), dtype=c.out_dtype(q, k, v))
     chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    c.check_sequence_axis(axis_name, exchange, _OP)
     if c.empty(q, k, v, gate) and axis_name is None:
         impl = "sequential"
     c.check_scale(scale, _OP)

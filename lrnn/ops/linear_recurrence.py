@@ -117,6 +117,7 @@ def linear_recurrence(
         dims=dict(B=a.shape[0], T=a.shape[1], H=1, dk=a.shape[2]), dtype=c.out_dtype(a, b))
     chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    c.check_sequence_axis(axis_name, exchange, _OP)
     if c.empty(a, b) and axis_name is None:
         impl = "sequential"
     out_dt = c.out_dtype(a, b)

@@ -47,7 +47,29 @@ def _validate(u, delta, A, Bm, Cm, h0):
 
 def selective_gates(u, delta, A, Bm, *, signed: bool = False):
     """The per-token ``(a, b)``, both ``[..., D, N]``: ``a = exp(delta A)`` (or ``2a - 1``),
-    ``b = delta u B``."""
+    ``b = delta u B``.
+
+    Args:
+      u, delta: ``[..., D]``; A: ``[D, N]``; Bm: ``[..., N]``; signed: as in
+        :func:`selective_scan`.
+    """
+    op = "selective_gates"
+    signed = c.check_bool(signed, "signed", op)
+    # shapes only: the arrays are used as given (NumPy arrays stay NumPy until jnp.exp)
+    shapes = {n: jnp.shape(x) for n, x in (("u", u), ("delta", delta), ("A", A), ("Bm", Bm))}
+    if not shapes["delta"]:
+        raise ValueError(f"{op}: delta must have shape [..., D], got {shapes['delta']}")
+    lead = shapes["delta"][:-1]
+    if shapes["u"] != shapes["delta"]:
+        raise ValueError(f"{op}: u must have shape [..., D] like delta {shapes['delta']}, got "
+                         f"{shapes['u']}")
+    D = shapes["delta"][-1]
+    if len(shapes["A"]) != 2 or shapes["A"][0] != D:
+        raise ValueError(f"{op}: A must have shape [D, N] = ({D}, '?'), got {shapes['A']}")
+    N = shapes["A"][1]
+    if shapes["Bm"] != lead + (N,):
+        raise ValueError(f"{op}: Bm must have shape [..., N] = {lead + (N,)}, got "
+                         f"{shapes['Bm']}")
     a = jnp.exp(delta[..., None] * A)
     if signed:
         a = 2.0 * a - 1.0
@@ -103,6 +125,7 @@ def selective_scan(
       y ``[B, T, D]`` in the inputs' common dtype (arithmetic in at least float32).
     """
     u, delta, A, Bm, Cm, h0 = _validate(u, delta, A, Bm, Cm, h0)
+    signed = c.check_bool(signed, "signed", _OP)
     B, T, D = u.shape
     N = A.shape[1]
     out_dt = c.out_dtype(u, delta, A, Bm, Cm)
@@ -110,6 +133,7 @@ def selective_scan(
         implementation, _OP, "selective_scan", family="selective",
         dims=dict(B=B, T=T, H=1, dk=D * N), dtype=out_dt)
     chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
+    c.check_sequence_axis(axis_name, exchange, _OP)
     if T == 0 or B == 0:  # nothing to scan: empty outputs, as the token loop gives
         return jnp.zeros((B, T, D), out_dt)
     dt = c.calc_dtype(u, delta, A, Bm, Cm, h0)
@@ -145,6 +169,7 @@ def selective_scan_step(u, delta, A, Bm, Cm, h=None, *, signed: bool = False):
       ``(y [B, D], h [B, D, N])`` in at least float32.
     """
     op = "selective_scan_step"
+    signed = c.check_bool(signed, "signed", op)
     u, delta, A, Bm, Cm = (c.as_float(x, n, op) for x, n in
                            zip((u, delta, A, Bm, Cm), ("u", "delta", "A", "Bm", "Cm")))
     c.check_shape(u, (None, None), "u", op, "[B, D]")

@@ -54,6 +54,12 @@ def _validate(x, weights, b, structure, monoid, h0, op=_OP):
             raise ValueError(f"{op}: elements.b must have shape [B, T, n], got {b.shape}")
         mode = "elements"
     else:
+        if monoid is not None:  # the structure gives the monoid (slice_monoid)
+            raise ValueError(
+                f"{op}: with features x (and weights, b, structure) monoid must be None, the "
+                f"structure gives it; got {monoid!r} (pass an lrnn.Affine of elements to scan "
+                "them in a monoid of your choice)"
+            )
         if structure not in transitions.STRUCTURES:
             raise ValueError(
                 f"{op}: structure must be one of {transitions.STRUCTURES}, got {structure!r}"
@@ -177,6 +183,7 @@ def structured_recurrence(
     impl = c.resolve_implementation(implementation, _OP, None)
     chunk_size = c.check_positive_int(chunk_size, "chunk_size", _OP)
     c.check_choice(chunk_combine, c.CHUNK_COMBINES, "chunk_combine", _OP)
+    c.check_sequence_axis(axis_name, exchange, _OP)
     if c.empty(A, b) and axis_name is None:
         impl = "sequential"
     out_dt = c.out_dtype(A, b)
