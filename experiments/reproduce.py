@@ -128,6 +128,11 @@ def check_rows(out: Path, runs, seeds, preset, extra) -> None:
             raise UsageError(f"row {':'.join(map(str, row))}: {e}") from None
 
 
+def _child_command(train_args: list[str]) -> list[str]:
+    """The process that trains one row."""
+    return [sys.executable, "-m", "experiments.train", *train_args]
+
+
 def _train(out: Path, row: tuple, seeds, preset, extra, timeout, deadline=None) -> dict:
     """Trains one row (its seeds as one ensemble) in a child process, at most ``timeout``
     seconds (0: no limit) and not past the ``time.time()`` ``deadline``; a row stopped by
@@ -147,8 +152,7 @@ def _train(out: Path, row: tuple, seeds, preset, extra, timeout, deadline=None) 
         if not timeout or left < timeout:
             timeout, stopped = left, "stopped at --deadline-s"
     d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "experiments.train",
-           *_train_args(out, row, seeds, preset, extra)]
+    cmd = _child_command(_train_args(out, row, seeds, preset, extra))
     t0 = time.time()
     with open(d / "train.log", "a") as log:
         log.write(" ".join(cmd) + "\n")

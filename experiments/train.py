@@ -665,7 +665,11 @@ def train(cfg: Config, *, stop_at: int | None = None):
     for r, out in zip(runs, outs):
         out.mkdir(parents=True, exist_ok=True)
         if lead and not (out / "config.json").exists():  # never overwritten
-            (out / "config.json").write_text(json.dumps(dataclasses.asdict(r), indent=2) + "\n")
+            # whole or absent: a kill mid-write must not leave a torn config.json (which
+            # check_same_run would refuse for good)
+            tmp = out / ".config.json.tmp"
+            tmp.write_text(json.dumps(dataclasses.asdict(r), indent=2) + "\n")
+            os.replace(tmp, out / "config.json")
     state, start = setup.restore()
     rest, layout = setup.rest, setup.layout
     mpaths = [out / "metrics.jsonl" for out in outs]
@@ -891,69 +895,84 @@ class Evaluator:
 
     The samples are drawn inside the jitted functions from ``fold_in(key, batch index)``; with
     ``stacked``, ``params``, ``rest`` and ``key`` carry a leading seed axis. A batch holds at
-    most ``batch`` sequences, ``EVAL_TOKENS`` tokens and ``budget`` bytes (XLA's memory
-    analysis of its compiled program; default :func:`eval_memory_budget`); a length at which
-    one sequence needs more than ``budget`` is a UsageError, raised before anything runs.
+    most ``batch`` sequences and ``EVAL_TOKENS`` tokens. Where its compiled program needs more
+    than ``budget`` bytes (XLA's memory analysis; default :func:`eval_memory_budget`), the
+    model runs over the batch in 2, 4, ... pieces (``lax.map``), so the sequences evaluated
+    never depend on the device's memory; a length at which one sequence needs more than
+    ``budget`` is a UsageError, raised before anything runs.
     """
 
     def __init__(self, graphdef, task, *, stacked: bool = False, batch: int = 512,
                  budget: int | None = None):
         self.graphdef, self.task, self.stacked, self.batch = graphdef, task, stacked, batch
         self.budget = eval_memory_budget() if budget is None else budget
-        self.programs: dict[tuple, tuple] = {}  # (kind, n, size) -> (compiled, bytes)
+        # (kind, n, size, pieces) -> (compiled, bytes)
+        self.programs: dict[tuple, tuple] = {}
         vm = jax.vmap if stacked else (lambda f, in_axes=None: f)
 
-        def logits(params, rest, x):
-            return nnx.merge(graphdef, params, rest)(x)
+        def predict(params, rest, x, pieces):
+            """argmax of the logits, the model run over ``pieces`` parts of the batch."""
+            if pieces == 1:
+                return jnp.argmax(nnx.merge(graphdef, params, rest)(x), -1)
+            n = x.shape[0]
+            per = -(-n // pieces)
+            xp = jnp.concatenate([x, jnp.repeat(x[-1:], per * pieces - n, 0)])
+            xp = xp.reshape((pieces, per) + x.shape[1:])
+            out = jax.lax.map(
+                lambda xx: jnp.argmax(nnx.merge(graphdef, params, rest)(xx), -1), xp)
+            return out.reshape((per * pieces,) + out.shape[2:])[:n]
 
-        def seq_hits(params, rest, key, b, lens, T):
+        def seq_hits(params, rest, key, b, lens, T, pieces):
             x, y, m = task.sample_lengths(jax.random.fold_in(key, b), lens, T)
-            hit = (jnp.argmax(logits(params, rest, x), -1) == y).astype(jnp.float32) * m
+            hit = (predict(params, rest, x, pieces) == y).astype(jnp.float32) * m
             return hit.sum(1) / jnp.maximum(m.sum(1), 1.0)
 
-        def img_hits(params, rest, key, b, n, size):
+        def img_hits(params, rest, key, b, n, size, pieces):
             x, y, m = task.sample(jax.random.fold_in(key, b), n, size)
-            hit = (jnp.argmax(logits(params, rest, x), -1) == y).astype(jnp.float32) * m
+            hit = (predict(params, rest, x, pieces) == y).astype(jnp.float32) * m
             return hit.reshape(n, -1).sum(1)
 
-        def pos_hits(params, rest, key, b, n, T):
+        def pos_hits(params, rest, key, b, n, T, pieces):
             x, y, m = task.sample(jax.random.fold_in(key, b), n, T)
-            hit = (jnp.argmax(logits(params, rest, x), -1) == y) & (m > 0)
+            hit = (predict(params, rest, x, pieces) == y) & (m > 0)
             return hit.sum(0), jnp.cumprod(hit, axis=1).sum(0)
 
-        ax = (0, 0, 0, None, None, None)
-        self._jit = {"seq": jax.jit(vm(seq_hits, in_axes=ax), static_argnums=5),
-                     "img": jax.jit(vm(img_hits, in_axes=ax), static_argnums=(4, 5)),
-                     "pos": jax.jit(vm(pos_hits, in_axes=ax), static_argnums=(4, 5))}
+        ax = (0, 0, 0, None, None, None, None)
+        self._jit = {"seq": jax.jit(vm(seq_hits, in_axes=ax), static_argnums=(5, 6)),
+                     "img": jax.jit(vm(img_hits, in_axes=ax), static_argnums=(4, 5, 6)),
+                     "pos": jax.jit(vm(pos_hits, in_axes=ax), static_argnums=(4, 5, 6))}
 
     def _program(self, kind: str, n: int, size: int, params, rest, key):
-        """``(compiled, n)``: the program of ``kind`` for a batch of at most ``n`` at ``size``,
-        halving ``n`` until it fits ``self.budget``."""
+        """``(run, n)``: the program of ``kind`` for a batch of ``n`` at ``size`` (``run(b[,
+        lens])``), with the model run over 1, 2, 4, ... pieces of the batch until it fits
+        ``self.budget``: the batch, and so the sequences sampled, stays the same."""
+        pieces = 1
         while True:
-            k = (kind, n, size)
+            k = (kind, n, size, pieces)
             if k not in self.programs:
                 if kind == "seq":
-                    args = (params, rest, key, 0, jnp.zeros((n,), jnp.int32), size)
+                    args = (params, rest, key, 0, jnp.zeros((n,), jnp.int32), size, pieces)
                 else:
-                    args = (params, rest, key, 0, n, size)
+                    args = (params, rest, key, 0, n, size, pieces)
                 exe = self._jit[kind].lower(*args).compile()
                 self.programs[k] = (exe, _program_bytes(exe))
             exe, need = self.programs[k]
             if need <= self.budget:
                 return exe, n
-            if n == 1:
+            if pieces >= n:
                 what = "image of size" if kind == "img" else "sequence of length"
                 raise UsageError(
                     f"evaluating one {what} {size} needs {_gib(need)} of device memory, more "
                     f"than the evaluation budget of {_gib(self.budget)} (a fraction "
                     f"{EVAL_MEMORY_FRACTION} of the device's); evaluate shorter lengths "
-                    "(--lengths, --test-max)")
-            n = max(1, n // 2)
+                    "(python -m experiments.evaluate RUN --lengths ...)")
+            pieces = min(n, 2 * pieces)
 
     def sequence_hits(self, params, rest, key, lengths, progress: bool = False) -> np.ndarray:
         """Accuracy of every sequence (``[N]``, or ``[S, N]`` stacked) of the given lengths;
         sequences are sorted by length and packed into batches padded to a multiple of 64
-        tokens and a power of two of sequences (at most the number left)."""
+        tokens and a power of two of sequences (the next at or above the number left, at most
+        ``batch``; the padding repeats the last sequence)."""
         from tqdm.auto import tqdm
 
         lengths = np.asarray(lengths, np.int64)
@@ -1013,7 +1032,7 @@ def _split_model(models):
 
 
 def evaluate(model, task, lengths, *, per_length: int = 256, batch: int = 512, seed=0,
-             progress: bool = False):
+             progress: bool = False, budget: int | None = None):
     """The eval.json record(s) of ``model`` on ``task`` at ``lengths``.
 
     Token tasks with one answer per sequence: ``per_length`` sequences at each length.
@@ -1027,6 +1046,8 @@ def evaluate(model, task, lengths, *, per_length: int = 256, batch: int = 512, s
       model: a model, or a list of models of the same graph (an ensemble: evaluated vmapped,
         one record each; ``seed`` is then the list of their seeds).
       seed: the run's seed (the evaluation data come from ``key(seed + 2)``).
+      budget: bytes one evaluation program may use (default :func:`eval_memory_budget`);
+        the results do not depend on it (see :class:`Evaluator`).
 
     Returns:
       the record (a dict), or a list of records for a list of models.
@@ -1042,7 +1063,7 @@ def evaluate(model, task, lengths, *, per_length: int = 256, batch: int = 512, s
         raise ValueError(f"{len(model)} models but {len(seeds)} seeds")
     keys = [jax.random.key(s + 2) for s in seeds]
     key = jnp.stack(keys) if stacked else keys[0]
-    ev = Evaluator(graphdef, task, stacked=stacked, batch=batch)
+    ev = Evaluator(graphdef, task, stacked=stacked, batch=batch, budget=budget)
     S = len(seeds)
     if getattr(task, "per_token", False):
         T = max(lengths)

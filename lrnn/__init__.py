@@ -37,3 +37,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # PEP 562: ``lrnn.nn`` (Flax) is imported on first use, so ``import lrnn`` stays light.
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("lrnn.nn")
+    raise AttributeError(f"module 'lrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), "nn"])

@@ -32,6 +32,15 @@ from jax import lax
 
 from lrnn import _compat
 
+# how sequence-parallel shards exchange their summaries (lrnn.parallel.shard_prefix); here, so
+# that the scans check it without importing lrnn.parallel
+EXCHANGES = ("all_gather", "ppermute")
+
+
+def _check_exchange(exchange, fn: str) -> None:
+    if exchange not in EXCHANGES:
+        raise ValueError(f"{fn}: exchange must be one of {EXCHANGES}, got {exchange!r}")
+
 __all__ = [
     "Affine",
     "Monoid",
@@ -416,10 +425,10 @@ def scan(
       h with the shape and dtype of ``elems.b`` (arithmetic in at least float32).
     """
     reverse = _check_reverse(reverse, "scan")
-    from lrnn import parallel  # lazy: lrnn.parallel imports this module
-
-    parallel._check_exchange(exchange, "scan")  # without axis_name too (a typo on one device)
+    _check_exchange(exchange, "scan")  # without axis_name too (a typo on one device)
     if axis_name is not None:
+        from lrnn import parallel  # lazy: lrnn.parallel imports this module
+
         return parallel.scan(
             monoid,
             elems,
@@ -453,10 +462,10 @@ def scan_sequential(
     as in :func:`scan`.
     """
     reverse = _check_reverse(reverse, "scan_sequential")
-    from lrnn import parallel  # lazy: lrnn.parallel imports this module
-
-    parallel._check_exchange(exchange, "scan_sequential")  # without axis_name too
+    _check_exchange(exchange, "scan_sequential")  # without axis_name too
     if axis_name is not None:
+        from lrnn import parallel  # lazy: lrnn.parallel imports this module
+
         return parallel.scan_sequential(
             monoid,
             elems,

@@ -56,7 +56,7 @@ import numpy as np
 from jax import lax
 
 from lrnn import _compat
-from lrnn.monoid import Affine, Monoid, compute_dtype
+from lrnn.monoid import EXCHANGES, Affine, Monoid, _check_exchange, compute_dtype
 
 __all__ = [
     "EXCHANGES",
@@ -74,8 +74,6 @@ __all__ = [
     "position_offset",
 ]
 
-EXCHANGES = ("all_gather", "ppermute")
-
 
 # ------------------------------------------------------------------------------------------
 # The exchange
@@ -86,11 +84,6 @@ def _check_axis_name(axis_name, fn: str) -> None:
             f"{fn}: axis_name must be the name (str) of the mesh axis the time axis is split "
             f"over, got {axis_name!r}"
         )
-
-
-def _check_exchange(exchange, fn: str) -> None:
-    if exchange not in EXCHANGES:
-        raise ValueError(f"{fn}: exchange must be one of {EXCHANGES}, got {exchange!r}")
 
 
 def shard_prefix(

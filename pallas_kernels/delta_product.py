@@ -24,6 +24,12 @@ Backward kernel: same grid (parallel), loops over chunks in reverse with the f32
 added up in the wrapper. The gate gradient needs no kernel: with `L` the cumulative log|gate|,
 `dL_t = q_t . dq_t - v_t . dv_t` and the final state adds `sum(S_T * dS_T)`, so
 `d log|g_u| = sum_{t >= u} (q_t . dq_t - v_t . dv_t) + sum(S_T * dS_T)` (a reverse cumsum).
+
+Non-finite inputs: these chunk kernels (and `delta_chunk`'s) are not causal yet. A NaN or inf
+in k, v, beta or the gate at token t also reaches the outputs of the earlier tokens of its
+chunk (`0 * NaN` in the triangular products); a bad q stays in its token. The token-by-token
+`delta_recurrent` and the XLA forms of `lrnn.ops` are causal (tests/test_nonfinite_delta.py;
+the cost of the fixes tried: benchmarks/RESULTS.md, issue #21).
 """
 
 from __future__ import annotations

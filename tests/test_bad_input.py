@@ -787,8 +787,27 @@ def test_evaluation_batches_are_sized_to_the_sequences_evaluated(tmp_path):
     assert hits.shape == (4,)
     # 4 sequences of 100,000 tokens: batches of at most 4 (not eval_batch = 512), each well
     # under a GiB (a batch padded to 512 sequences needed tens of GB)
-    assert {n for _, n, _ in ev.programs} <= {1, 2, 4}
+    assert {k[1] for k in ev.programs} <= {1, 2, 4}
     assert max(b for _, b in ev.programs.values()) < 2**30
+
+
+def test_a_binding_memory_budget_changes_how_not_what_is_evaluated(tmp_path):
+    # the model runs over pieces of the batch (lax.map) instead of smaller batches: the same
+    # sequences (they are sampled per batch), the same accuracies, whatever the device holds
+    from experiments.train import Evaluator, init_state, make_task
+
+    cfg = _tiny_cfg(tmp_path)
+    task = make_task(cfg)
+    graphdef, rest, state, _, _ = init_state(cfg, task)
+    params, key = state["params"], jax.random.key(3)
+    lengths = [7] * 20 + [33] * 44
+    free = Evaluator(graphdef, task, batch=64, budget=2**40)
+    hits = free.sequence_hits(params, rest, key, lengths)
+    need = max(b for _, b in free.programs.values())
+    tight = Evaluator(graphdef, task, batch=64, budget=need // 3)
+    np.testing.assert_array_equal(tight.sequence_hits(params, rest, key, lengths), hits)
+    fits = [k for k, (_, b) in tight.programs.items() if b <= need // 3]
+    assert fits and all(k[3] > 1 for k in fits), tight.programs.keys()
 
 
 def test_a_length_that_does_not_fit_is_refused_not_allocated(tmp_path):
@@ -800,9 +819,10 @@ def test_a_length_that_does_not_fit_is_refused_not_allocated(tmp_path):
     graphdef, rest, state, _, _ = init_state(cfg, task)
     model = nnx.merge(graphdef, state["params"], rest)
     # one sequence of 100,000 tokens through softmax attention: ~150 GiB of scores
+    # (the budget given, 8 GiB: the default is half the host's memory)
     with pytest.raises(UsageError, match=r"evaluating one sequence of length 100000 needs "
-                                         r"[0-9.]+ GiB .*\(--lengths, --test-max\)"):
-        evaluate(model, task, [100_000], per_length=4)
+                                         r"[0-9.]+ GiB .*evaluate shorter lengths"):
+        evaluate(model, task, [100_000], per_length=4, budget=8 << 30)
 
 
 def _tree(d: Path) -> dict:
@@ -823,9 +843,13 @@ def _read_only(d: Path):
             p.chmod(p.stat().st_mode | 0o200)
 
 
-def test_evaluate_only_reads_the_run(tmp_path, capsys):
+def test_evaluate_only_reads_the_run(tmp_path, capsys, monkeypatch):
     from experiments import evaluate as evaluate_cli
+    from experiments import train as train_mod
     from experiments.train import train
+
+    # the 100000-token case below must not fit on any host: 8 GiB, not half the host's memory
+    monkeypatch.setattr(train_mod, "eval_memory_budget", lambda: 8 << 30)
 
     cfg = _tiny_cfg(tmp_path, model="transformer", steps=4, ckpt_every=2)
     train(cfg)
@@ -877,3 +901,22 @@ def test_evaluate_run_checks_its_arguments(tmp_path):
         evaluate_run(tmp_path / "none")
 
 
+
+
+def test_one_line_errors_can_show_their_traceback(monkeypatch, capsys):
+    from experiments.common.cli import UsageError, fail
+
+    for env, shown in ((None, False), ("1", True)):
+        if env is None:
+            monkeypatch.delenv("LRNN_TRACEBACK", raising=False)
+        else:
+            monkeypatch.setenv("LRNN_TRACEBACK", env)
+        with pytest.raises(SystemExit) as e:
+            try:
+                raise UsageError("building the model: heads must divide d_model")
+            except UsageError as err:
+                fail("prog", err)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.strip().endswith(
+            "prog: error: building the model: heads must divide d_model")
+        assert ("Traceback" in err) == shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,14 +104,17 @@ def test_run_directories_are_not_followed_through_symbolic_links(tmp_path, capsy
     assert not (out / "parity-diagonal-signed" / "train.log").exists()
 
 
-def test_a_grid_stopped_by_its_deadline_resumes(tmp_path, capsys):
+def test_a_grid_stopped_by_its_deadline_resumes(tmp_path, capsys, monkeypatch):
     # a GPU call has a time limit: --deadline-s kills the running rows (they resume from
     # their checkpoints) and starts no more; exit status 3 says the grid is not complete
     args = ["--out", str(tmp_path), "--runs", "parity:diagonal:unit", "parity:diagonal:signed",
             "--seeds", "0", "--preset", "tiny", "--jobs", "1"]
-    # 2.5 s: the first row starts (a child needs longer than that to import JAX and compile)
-    # and is killed, the second is not started
-    rc = reproduce.main([*args, "--deadline-s", "2.5"])
+    # a row that outlasts the deadline (a child that sleeps): the first row starts and is
+    # killed at 1.5 s, the second is not started
+    with monkeypatch.context() as m:
+        m.setattr(reproduce, "_child_command",
+                  lambda _: [sys.executable, "-c", "import time; time.sleep(60)"])
+        rc = reproduce.main([*args, "--deadline-s", "1.5"])
     cap = capsys.readouterr()
     assert rc == 3, cap.err
     assert "2 of 2 rows stopped by --deadline-s" in cap.err

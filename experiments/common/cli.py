@@ -3,7 +3,9 @@
 A user error (an unknown name, a size out of range, a malformed list, a missing directory) ends
 a CLI with one line ``PROG: error: MESSAGE`` on stderr and exit status 2, as argparse's
 ``parser.error`` does. A check that happens after parsing raises :class:`UsageError`; the CLI
-catches that type only, so a bug elsewhere still shows its traceback.
+catches that type only, so a bug elsewhere still shows its traceback. Building the model is
+the one wider net (a ValueError from a layer's constructor is a bad flag far more often than a
+bug): ``LRNN_TRACEBACK=1`` prints the traceback of what a one-line error reports.
 
 The parsers are argparse ``type=`` callables: they raise ``argparse.ArgumentTypeError``, which
 argparse reports as ``argument --flag: MESSAGE``.
@@ -15,8 +17,10 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import sys
+import traceback
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
@@ -36,7 +40,10 @@ def one_line(msg) -> str:
 
 
 def fail(prog: str, msg) -> NoReturn:
-    """Ends the program as ``parser.error`` does: ``PROG: error: MSG`` on stderr, exit 2."""
+    """Ends the program as ``parser.error`` does: ``PROG: error: MSG`` on stderr, exit 2
+    (with ``LRNN_TRACEBACK=1`` set, the traceback of the exception being handled first)."""
+    if os.environ.get("LRNN_TRACEBACK") and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     print(f"{prog}: error: {one_line(msg)}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 

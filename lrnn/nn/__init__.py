@@ -1,5 +1,10 @@
 """Flax NNX layers and models: sequence mixers over ``lrnn.ops``, blocks, and the model.
 
+The layers, with explicit keyword constructors (and ``from_config(cfg, rngs)``):
+``DeltaNet`` (``n_h > 1``: DeltaProduct), ``GLA``, ``Diagonal`` (Mamba-style), ``SLiCE`` and
+the 2D ``PLSTM2D``. The sequence layers take ``layer(x, *, state=None, return_state=False)``
+and decode with ``init_state(batch)`` / ``step(x_t, state)`` (:mod:`lrnn.nn.recurrent`).
+
 ``MIXERS`` maps a mixer name to its constructor ``(cfg: ModelConfig, *, rngs) -> Module``;
 ``SequenceModel(cfg, vocab_size, num_classes, rngs=...)`` builds embedding -> blocks -> norm
 -> head around the mixer named ``cfg.mixer``. Every mixer has ``init_state`` / ``step`` for
@@ -19,8 +24,15 @@ from lrnn.nn.mixers import (
     SliceMixer,
 )
 from lrnn.nn.model import Block, SequenceModel, make_mixer
+from lrnn.nn.plstm import PLSTM2D
+from lrnn.nn.recurrent import GLA, DeltaNet, Diagonal, SLiCE
 
 __all__ = [
+    "DeltaNet",
+    "GLA",
+    "Diagonal",
+    "SLiCE",
+    "PLSTM2D",
     "ModelConfig",
     "MIXERS",
     "make_mixer",

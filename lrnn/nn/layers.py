@@ -52,15 +52,28 @@ class CausalConv1D(nnx.Module):
         self.weight = nnx.Param(w)
         self.bias = nnx.Param(jnp.zeros((channels,)))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: ``[B, T, C]`` -> ``[B, T, C]``."""
+    def __call__(self, x: jax.Array, state: jax.Array | None = None, *,
+                 return_state: bool = False):
+        """x: ``[B, T, C]`` -> ``[B, T, C]``.
+
+        ``state``: the ``K - 1`` inputs before ``x`` ``[B, K - 1, C]`` (zeros if None). With
+        ``return_state`` returns ``(y, state)``, the state being the last ``K - 1`` inputs
+        (of the history and ``x``), as :meth:`step` leaves it.
+        """
         K, T = self.kernel_size, x.shape[1]
         w = self.weight[...].astype(x.dtype)
-        # [parallel] zeros unsharded; the previous shard's last K - 1 inputs under
-        # lrnn.parallel.sequence_sharded (a halo), so sharded equals unsharded.
-        xp = parallel.causal_pad(x, K - 1)
+        if state is None:
+            # [parallel] zeros unsharded; the previous shard's last K - 1 inputs under
+            # lrnn.parallel.sequence_sharded (a halo), so sharded equals unsharded.
+            xp = parallel.causal_pad(x, K - 1)
+        else:
+            xp = jnp.concatenate([state.astype(x.dtype), x], axis=1)
         y = sum(w[j] * xp[:, j : j + T] for j in range(K))
-        return y + self.bias[...].astype(x.dtype)
+        y = y + self.bias[...].astype(x.dtype)
+        if not return_state:
+            return y
+        final = xp[:, T:]  # [B, K - 1, C]
+        return y, final.astype(jnp.float32 if state is None else state.dtype)
 
     def init_state(self, batch: int, dtype=jnp.float32) -> jax.Array:
         """Zero history ``[B, K - 1, C]``."""

@@ -2,7 +2,12 @@
 
 Every mixer maps ``x [B, T, D] -> y [B, T, D]`` and has a recurrent form for decoding:
 ``init_state(batch, max_len)`` and ``step(x_t [B, D], state) -> (y_t [B, D], state)``, whose
-repeated use equals the full-sequence output (tested in tests/test_nn.py).
+repeated use equals the full-sequence output (tested in tests/test_nn.py). The linear ones
+(diagonal, gla, deltaproduct, slice) also take ``mixer(x, *, state=None, return_state=False)``:
+the full-sequence form from a given state, returning ``(y, final_state)`` if asked, so that
+a prefill continues by ``step`` (tested in tests/test_layers.py; their keyword-constructor
+faces are in :mod:`lrnn.nn.recurrent`). A state is a dict of float32 arrays, holding the
+short convolution's last ``K - 1`` inputs under ``"conv"`` where the mixer has one.
 
 Mixers with an eigenvalue range also expose ``eigenvalues(x)``: the per-token eigenvalues of
 their transitions (diagonal gates, ``1 - beta`` of the Householder steps), for inspection.
@@ -44,6 +49,16 @@ def _no_sequence_axis(mixer: str) -> None:
             f"the {mixer} mixer is not a linear recurrence and cannot run with its time axis "
             f"split over mesh axis {parallel.current_axis()!r} (sequence sharding); use a "
             "mesh without 'seq' or a linear mixer (diagonal, gla, deltanet, deltaproduct, slice)"
+        )
+
+
+def _state_unsharded(mixer: str, state, return_state: bool) -> None:
+    """Raises inside ``lrnn.parallel.sequence_sharded`` when a state is passed or asked for:
+    the layers thread states through unsharded calls only (prefill, then decoding)."""
+    if (state is not None or return_state) and parallel.current_axis() is not None:
+        raise NotImplementedError(
+            f"the {mixer} layer takes state= and return_state=True only outside sequence "
+            f"sharding (its time axis is split over mesh axis {parallel.current_axis()!r})"
         )
 # [parallel] end
 
@@ -88,64 +103,79 @@ class DiagonalMixer(nnx.Module):
         self.out_proj = nnx.Linear(Di, D, use_bias=False, dtype=dt, rngs=rngs)
 
     def _gates(self, u):
-        """u: [..., Di] -> a [..., Di, N], b-scale [..., Di, N] pieces, C [..., N]."""
+        """u: [..., Di] -> the selective_scan arguments (float32): delta [..., Di], A [Di, N],
+        Bm, Cm [..., N]."""
         dt = self.dt_proj(u).astype(jnp.float32)
-        A = -jnp.exp(self.A_log[...])
-        a = transitions.mamba_gate(dt[..., None], A, signed=self.signed)
         Bm, Cm = jnp.split(self.bc_proj(u).astype(jnp.float32), 2, axis=-1)
-        b = (jax.nn.softplus(dt) * u.astype(jnp.float32))[..., None] * Bm[..., None, :]
-        return a, b, Cm
-
-    def _out(self, h, Cm, u, z):
-        return self._readout(jnp.einsum("...cn,...n->...c", h.astype(jnp.float32), Cm), u, z)
+        return jax.nn.softplus(dt), -jnp.exp(self.A_log[...]), Bm, Cm
 
     def _readout(self, y, u, z):
         y = y + self.skip[...] * u.astype(jnp.float32)
         y = y.astype(z.dtype) * jax.nn.silu(z)
         return self.out_proj(y)
 
-    def _inputs(self, x):
+    def _inputs(self, x, conv_state=None):
+        """x: [..., T, D] -> (u, z, the conv's final state or None)."""
         u, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        return u, z
+        if self.conv is None:
+            return u, z, None
+        u, conv_state = self.conv(u, conv_state, return_state=True)
+        return jax.nn.silu(u), z, conv_state
 
     def eigenvalues(self, x: jax.Array) -> jax.Array:
         """x: ``[B, T, D]`` -> eigenvalues ``a_t`` ``[B, T, Di, N]``."""
-        u, _ = self._inputs(x)
-        if self.conv is not None:
-            u = jax.nn.silu(self.conv(u))
-        return self._gates(u)[0]
+        u = self._inputs(x)[0]
+        delta, A, Bm, _ = self._gates(u)
+        return ops.selective_gates(u.astype(jnp.float32), delta, A, Bm, signed=self.signed)[0]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: ``[B, T, D]`` -> ``[B, T, D]``."""
-        u, z = self._inputs(x)
-        if self.conv is not None:
-            u = jax.nn.silu(self.conv(u))
+    def __call__(self, x: jax.Array, *, state=None, return_state: bool = False):
+        """x: ``[B, T, D]`` -> ``[B, T, D]`` (and the final state with ``return_state``).
+
+        ``state``: the state before ``x`` (as :meth:`init_state` makes it); zeros if None.
+        """
+        _state_unsharded("diagonal", state, return_state)  # [parallel]
+        u, z, conv = self._inputs(x, None if state is None else state.get("conv"))
         # the fused op: with "pallas" (GPU) the [B, T, Di, N] gates are never built
-        dt = self.dt_proj(u).astype(jnp.float32)
-        Bm, Cm = jnp.split(self.bc_proj(u).astype(jnp.float32), 2, axis=-1)
+        uf = u.astype(jnp.float32)
+        delta, A, Bm, Cm = self._gates(u)
+        h0 = None if state is None else state["h"]
         y = ops.selective_scan(
-            u.astype(jnp.float32), jax.nn.softplus(dt), -jnp.exp(self.A_log[...]), Bm, Cm,
-            signed=self.signed, implementation=self.cfg.implementation,
+            uf, delta, A, Bm, Cm, h0, signed=self.signed, implementation=self.cfg.implementation,
             chunk_size=self.cfg.chunk_size, **parallel.axis_kwargs(),  # [parallel] time sharding
         )
-        return self._readout(y, u, z)
+        y = self._readout(y, u, z)
+        if not return_state:
+            return y
+        # selective_scan gives the outputs only: the final state is the sequence's summary
+        # element applied to h0 (one chunked pass over the gates, only when asked for)
+        B, T = uf.shape[:2]
+        h = jnp.zeros((B, self.inner, self.n), jnp.float32) if h0 is None else h0
+        if T:
+            a, b = ops.selective_gates(uf, delta, A, Bm, signed=self.signed)
+            summ = ops.linear_recurrence_summary(
+                a.reshape(B, T, -1), b.reshape(B, T, -1), chunk_size=self.cfg.chunk_size)
+            h = (summ.A * h.reshape(B, -1) + summ.b).reshape(B, self.inner, self.n)
+        return y, self._state(h, conv)
+
+    def _state(self, h, conv):
+        return {"h": h} if conv is None else {"h": h, "conv": conv}
 
     def init_state(self, batch: int, max_len: int = 0):
+        """``{"h": [B, Di, N], "conv": [B, K - 1, Di]}`` (no ``"conv"`` without a conv)."""
         conv = self.conv.init_state(batch) if self.conv is not None else None
-        return {"h": jnp.zeros((batch, self.inner * self.n), jnp.float32), "conv": conv}
+        return self._state(jnp.zeros((batch, self.inner, self.n), jnp.float32), conv)
 
     def step(self, x: jax.Array, state):
         """x: ``[B, D]`` -> (``[B, D]``, state)."""
-        B = x.shape[0]
-        u, z = self._inputs(x)
-        conv = state["conv"]
+        u, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        conv = state.get("conv")
         if self.conv is not None:
             u, conv = self.conv.step(u, conv)
             u = jax.nn.silu(u)
-        a, b, Cm = self._gates(u)
-        h = ops.linear_recurrence_step(a.reshape(B, -1), b.reshape(B, -1), state["h"])
-        y = self._out(h.reshape(B, self.inner, self.n), Cm, u, z)
-        return y, {"h": h, "conv": conv}
+        delta, A, Bm, Cm = self._gates(u)
+        y, h = ops.selective_scan_step(u.astype(jnp.float32), delta, A, Bm, Cm, state["h"],
+                                       signed=self.signed)
+        return self._readout(y, u, z), self._state(h, conv)
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,23 +217,32 @@ class GLAMixer(nnx.Module):
         """x: ``[B, T, D]`` -> per-key gates ``[B, T, H, dk]``."""
         return self._project(x)[4]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, state=None, return_state: bool = False):
+        """x: ``[B, T, D]`` -> ``[B, T, D]`` (and the final state with ``return_state``).
+
+        ``state``: the state before ``x`` (as :meth:`init_state` makes it); zeros if None.
+        """
+        _state_unsharded("gla", state, return_state)  # [parallel]
         q, k, v, z, gate = self._project(x)
-        o, _ = ops.gated_linear_attention(
-            q, k, v, gate, scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
+        o, S = ops.gated_linear_attention(
+            q, k, v, gate, initial_state=None if state is None else state["S"],
+            scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
             implementation=self.cfg.implementation, **parallel.axis_kwargs(),  # [parallel]
         )
-        return self._out(o.astype(z.dtype), z)
+        y = self._out(o.astype(z.dtype), z)
+        return (y, {"S": S}) if return_state else y
 
     def init_state(self, batch: int, max_len: int = 0):
-        return jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32)
+        """``{"S": [B, H, dk, dv]}``."""
+        return {"S": jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32)}
 
     def step(self, x: jax.Array, state):
+        """x: ``[B, D]`` -> (``[B, D]``, state)."""
         q, k, v, z, gate = self._project(x)
-        o, state = ops.gated_linear_attention_step(
-            q, k, v, gate, state=state, scale=self.dh**-0.5
+        o, S = ops.gated_linear_attention_step(
+            q, k, v, gate, state=state["S"], scale=self.dh**-0.5
         )
-        return self._out(o.astype(z.dtype), z), state
+        return self._out(o.astype(z.dtype), z), {"S": S}
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,49 +307,69 @@ class DeltaProductMixer(nnx.Module):
         return self.out_proj(o)
 
     def _project(self, x):
+        """x: [B, T, D] -> (q, k, v, beta, gate) (from zero conv history)."""
+        return self._project_state(x)[0]
+
+    def _project_state(self, x, conv_state=None):
+        """x: [B, T, D] -> ((q, k, v, beta, gate), the convs' final states or None)."""
         q, k, v = self._raw(x)
+        conv = None
         if self.cfg.conv:
-            q, k, v = self.q_conv(q), self.k_conv(k), self.v_conv(v)
+            cs = (None, None, None) if conv_state is None else conv_state
+            convs = (self.q_conv, self.k_conv, self.v_conv)
+            (q, cq), (k, ck), (v, cv) = (f(a, s, return_state=True)
+                                         for f, a, s in zip(convs, (q, k, v), cs))
+            conv = (cq, ck, cv)
         q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
-        return self._finish(x, q, k, v)
+        return self._finish(x, q, k, v), conv
 
     def eigenvalues(self, x: jax.Array) -> jax.Array:
         """x: ``[B, T, D]`` -> Householder eigenvalues ``1 - beta`` ``[B, T, H, n_h]``."""
         return 1.0 - self._project(x)[3]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v, beta, gate = self._project(x)
-        o, _ = ops.delta_product(
-            q, k, v, beta, gate=gate, scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
+    def __call__(self, x: jax.Array, *, state=None, return_state: bool = False):
+        """x: ``[B, T, D]`` -> ``[B, T, D]`` (and the final state with ``return_state``).
+
+        ``state``: the state before ``x`` (as :meth:`init_state` makes it); zeros if None.
+        """
+        _state_unsharded("deltaproduct", state, return_state)  # [parallel]
+        (q, k, v, beta, gate), conv = self._project_state(
+            x, None if state is None else state.get("conv"))
+        o, S = ops.delta_product(
+            q, k, v, beta, gate=gate, initial_state=None if state is None else state["S"],
+            scale=self.dh**-0.5, chunk_size=self.cfg.chunk_size,
             implementation=self.cfg.implementation, **parallel.axis_kwargs(),  # [parallel]
         )
-        return self._out(o, x)
+        y = self._out(o, x)
+        return (y, self._state(S, conv)) if return_state else y
+
+    def _state(self, S, conv):
+        return {"S": S} if conv is None else {"S": S, "conv": conv}
 
     def init_state(self, batch: int, max_len: int = 0):
-        state = {"S": jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32)}
+        """``{"S": [B, H, dk, dv], "conv": (q, k, v) buffers [B, K - 1, C]}`` with ``C`` the
+        width of each projection (no ``"conv"`` without a conv)."""
+        conv = None
         if self.cfg.conv:
-            state["conv"] = (
-                self.q_conv.init_state(batch),
-                self.k_conv.init_state(batch),
-                self.v_conv.init_state(batch),
-            )
-        return state
+            conv = tuple(c.init_state(batch) for c in (self.q_conv, self.k_conv, self.v_conv))
+        return self._state(jnp.zeros((batch, self.H, self.dh, self.dh), jnp.float32), conv)
 
     def step(self, x: jax.Array, state):
+        """x: ``[B, D]`` -> (``[B, D]``, state)."""
         q, k, v = self._raw(x)
-        new = {}
+        conv = None
         if self.cfg.conv:
             cq, ck, cv = state["conv"]
             q, cq = self.q_conv.step(q, cq)
             k, ck = self.k_conv.step(k, ck)
             v, cv = self.v_conv.step(v, cv)
-            new["conv"] = (cq, ck, cv)
+            conv = (cq, ck, cv)
         q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
         q, k, v, beta, gate = self._finish(x, q, k, v)
-        o, new["S"] = ops.delta_product_step(
+        o, S = ops.delta_product_step(
             q, k, v, beta, gate=gate, state=state["S"], scale=self.dh**-0.5
         )
-        return self._out(o, x), new
+        return self._out(o, x), self._state(S, conv)
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,22 +446,38 @@ class SliceMixer(nnx.Module):
         w = self.weights[...].astype(jnp.float32)
         return jnp.sqrt(jnp.sum(w * w))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, state=None, return_state: bool = False):
+        """x: ``[B, T, D]`` -> ``[B, T, D]`` (and the final state with ``return_state``).
+
+        ``state``: the state before ``x`` (as :meth:`init_state` makes it); zeros if None.
+        """
+        _state_unsharded("slice", state, return_state)  # [parallel]
         xi, b = self._drive(x)
+        h0 = None if state is None else state["h"]
         h = ops.structured_recurrence(
-            xi, self._weights(), b, structure=self.structure,
+            xi, self._weights(), b, structure=self.structure, h0=h0,
             implementation=self.cfg.implementation, chunk_size=self.cfg.chunk_size,
             **parallel.axis_kwargs(),  # [parallel] time sharding
         )
-        return self.out_proj(h.astype(x.dtype))
+        y = self.out_proj(h.astype(x.dtype))
+        if not return_state:
+            return y
+        if h.shape[1]:
+            final = h[:, -1].astype(jnp.float32)
+        else:  # no tokens: the state is unchanged
+            final = jnp.zeros((x.shape[0], self.n), jnp.float32) if h0 is None else h0
+        return y, {"h": final}
 
     def init_state(self, batch: int, max_len: int = 0):
-        return jnp.zeros((batch, self.n), jnp.float32)
+        """``{"h": [B, n]}``."""
+        return {"h": jnp.zeros((batch, self.n), jnp.float32)}
 
     def step(self, x: jax.Array, state):
+        """x: ``[B, D]`` -> (``[B, D]``, state)."""
         xi, b = self._drive(x)
-        h = ops.structured_recurrence_step(xi, self._weights(), b, state, structure=self.structure)
-        return self.out_proj(h.astype(x.dtype)), h
+        h = ops.structured_recurrence_step(xi, self._weights(), b, state["h"],
+                                           structure=self.structure)
+        return self.out_proj(h.astype(x.dtype)), {"h": h}
 
 
 # ------------------------------------------------------------------------------------------

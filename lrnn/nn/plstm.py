@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lrnn import grid
+from lrnn.nn.config import ModelConfig
 
 __all__ = ["PLSTM2D", "four_orientations", "MODES", "N_ORIENTATIONS"]
 
@@ -120,8 +121,29 @@ class PLSTM2D(nnx.Module):
             return grid.p_mode_gates(*pre)
         return grid.d_mode_gates(*pre, chirality="rd")
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x ``[B, X, Y, D]`` -> ``[B, X, Y, D]``."""
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, rngs: nnx.Rngs, *, mode: str = "P") -> PLSTM2D:
+        """The layer of ``cfg``'s fields (d_model, heads, implementation, dtype); ``mode`` is
+        not a ModelConfig field (vision models alternate P and D layers)."""
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"PLSTM2D.from_config: cfg must be an lrnn.nn.ModelConfig, got "
+                            f"{type(cfg).__name__}")
+        return cls(cfg.d_model, cfg.heads, mode=mode, implementation=cfg.implementation,
+                   dtype=cfg.compute_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, state=None, return_state: bool = False) -> jax.Array:
+        """x ``[B, X, Y, D]`` -> ``[B, X, Y, D]``.
+
+        ``state`` / ``return_state`` (the sequence layers' keywords) raise: the four head
+        groups run towards +x+y, -x+y, +x-y and -x-y, so a cell's output depends on cells on
+        every side of it; no order of the cells makes the layer causal, hence no carried
+        state, ``init_state`` or token-by-token ``step``.
+        """
+        if state is not None or return_state:
+            raise NotImplementedError(
+                "PLSTM2D has no recurrent state to pass or return: its four orientations make "
+                "every cell depend on cells on all sides (no causal order, no step decoding)"
+            )
         if x.ndim != 4 or x.shape[-1] != self.d_model:
             raise ValueError(f"PLSTM2D: x must have shape [B, X, Y, {self.d_model}], got {x.shape}")
         B, X, Y, D = x.shape

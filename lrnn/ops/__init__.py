@@ -9,6 +9,7 @@ measurements), "chunked" where nothing was measured (TPU today). Each op has a s
 giving the whole sequence as one monoid element (used by sequence parallelism).
 """
 
+from lrnn.ops import fla as fla  # fla's signatures (lrnn.ops.fla.chunk_gla, ...)
 from lrnn.ops import reference
 from lrnn.ops._common import IMPLEMENTATIONS
 from lrnn.ops.delta import (

@@ -33,7 +33,10 @@ work runs under ``jax.checkpoint`` (the backward pass recomputes it instead of s
 Non-finite inputs stay causal, as in the token loop: the chunk arithmetic runs on their
 finite part and NaN is put where the loop is non-finite (:func:`_sanitise`): a bad
 ``v[t, j, c]`` poisons value column c from sub-step (t, j) on, a bad k, beta or gate every
-column, a bad q only token t's read-out; the chunk summaries carry the NaN columns on.
+column, a bad q only token t's read-out; the chunk summaries carry the NaN columns on. So
+are "sequential", "scan" and the token-by-token kernel; the Pallas chunk kernels
+(``implementation="pallas"`` on a TPU, on CPU, and on a GPU in bfloat16 or for long
+sequences) are not yet (``pallas_kernels/delta_product.py``).
 """
 
 from __future__ import annotations
@@ -254,18 +257,25 @@ def _sanitise(q, k, v, beta, gate):
     return (clean(q), clean(k), clean(v), clean(beta), gate), bad_q, bad_col
 
 
-def _chunked(q, k, v, beta, gate, S0, C, chunk_combine):
-    B, T, H, n_h, _ = k.shape
+def _finite_chunk_phase(q, k, v, beta, gate, C):
+    """`_chunk_phase` on the finite part of the inputs (`_sanitise`), with the chunk's state
+    contribution NaN in the value columns a non-finite input poisons; also returns, per chunk
+    and value column, the first poisoned sub-step (`C n_h`: none) and the bad read-outs.
+    Run under `jax.checkpoint`, so its masks are recomputed, not stored, for the backward."""
+    n_h = k.shape[3]
     (q, k, v, beta, gate), bad_q, bad_col = _sanitise(q, k, v, beta, gate)
-    (g, KD, W, b), (qeff, oin) = jax.checkpoint(functools.partial(_chunk_phase, C=C))(
-        q, k, v, beta, gate
-    )
-    # per chunk and value column, the first poisoned sub-step (L: none)
+    (g, KD, W, b), (qeff, oin) = _chunk_phase(q, k, v, beta, gate, C)
     L = C * n_h
     bad = _chunk_layout(bad_col, C, False).reshape(b.shape[:3] + (L, v.shape[-1]))
     first = jnp.min(jnp.where(bad, jnp.arange(L)[:, None], L), axis=-2)  # [B, H, N, dv]
     b = jnp.where((first < L)[..., None, :], jnp.nan, b)  # the state after the chunk
-    lowrank = (g, KD, W, b)
+    return (g, KD, W, b), (qeff, oin), first, _chunk_layout(bad_q, C, False)
+
+
+def _chunked(q, k, v, beta, gate, S0, C, chunk_combine):
+    B, T, H, n_h, _ = k.shape
+    lowrank, (qeff, oin), first, bad_q = jax.checkpoint(
+        functools.partial(_finite_chunk_phase, C=C))(q, k, v, beta, gate)
     if chunk_combine == "loop":
         S_in, S_final = _loop_lowrank(lowrank, S0)
     else:
@@ -273,7 +283,7 @@ def _chunked(q, k, v, beta, gate, S0, C, chunk_combine):
                                          chunk_combine=chunk_combine)
     o = c.einsum("bhntk,bhnkv->bhntv", qeff, S_in) + oin
     rows = jnp.arange(C) * n_h + (n_h - 1)  # read-out sub-steps
-    poison = (rows[:, None] >= first[..., None, :]) | _chunk_layout(bad_q, C, False)[..., None]
+    poison = (rows[:, None] >= first[..., None, :]) | bad_q[..., None]
     o = jnp.where(poison, jnp.nan, o)
     N = o.shape[2]
     o = jnp.moveaxis(o, 1, 3).reshape(B, N * C, H, -1)[:, :T]
