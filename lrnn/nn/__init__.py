@@ -7,13 +7,16 @@ and decode with ``init_state(batch)`` / ``step(x_t, state)`` (:mod:`lrnn.nn.recu
 
 ``MIXERS`` maps a mixer name to its constructor ``(cfg: ModelConfig, *, rngs) -> Module``;
 ``SequenceModel(cfg, vocab_size, num_classes, rngs=...)`` builds embedding -> blocks -> norm
--> head around the mixer named ``cfg.mixer``. Every mixer has ``init_state`` / ``step`` for
-recurrent decoding, equal to its full-sequence output. (Models for other input kinds, e.g.
-2D images, are registered in ``experiments/models.py``.)
+-> head around the mixer named ``cfg.mixer``; ``CausalLM(vocab_size, d_model, [layer, ...],
+rngs=...)`` (:mod:`lrnn.nn.lm`) is a next-token model over a list of built layers (hybrids
+welcome) with ``generate(prompt, steps, key=, temperature=)``. Every mixer has
+``init_state`` / ``step`` for recurrent decoding, equal to its full-sequence output. (Models
+for other input kinds, e.g. 2D images, are registered in ``experiments/models.py``.)
 """
 
 from lrnn.nn.config import ModelConfig
 from lrnn.nn.layers import CausalConv1D, GatedMLP, l2_normalize, rope
+from lrnn.nn.lm import CausalLM
 from lrnn.nn.mixers import (
     MIXERS,
     AttentionMixer,
@@ -38,6 +41,7 @@ __all__ = [
     "make_mixer",
     "Block",
     "SequenceModel",
+    "CausalLM",
     "DiagonalMixer",
     "GLAMixer",
     "DeltaProductMixer",
