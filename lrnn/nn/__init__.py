@@ -9,12 +9,14 @@ and decode with ``init_state(batch)`` / ``step(x_t, state)`` (:mod:`lrnn.nn.recu
 ``SequenceModel(cfg, vocab_size, num_classes, rngs=...)`` builds embedding -> blocks -> norm
 -> head around the mixer named ``cfg.mixer``; ``CausalLM(vocab_size, d_model, [layer, ...],
 rngs=...)`` (:mod:`lrnn.nn.lm`) is a next-token model over a list of built layers (hybrids
-welcome) with ``generate(prompt, steps, key=, temperature=)``. Every mixer has
+welcome) with ``generate(prompt, steps, key=, temperature=)``; ``decay_mask`` (an optax
+``mask``) exempts norms, biases and the log / gate parameters from weight decay. Every mixer has
 ``init_state`` / ``step`` for recurrent decoding, equal to its full-sequence output. (Models
 for other input kinds, e.g. 2D images, are registered in ``experiments/models.py``.)
 """
 
 from lrnn.nn.config import ModelConfig
+from lrnn.nn.decay import NO_DECAY, decay_mask
 from lrnn.nn.layers import CausalConv1D, GatedMLP, l2_normalize, rope
 from lrnn.nn.lm import CausalLM
 from lrnn.nn.mixers import (
@@ -42,6 +44,8 @@ __all__ = [
     "Block",
     "SequenceModel",
     "CausalLM",
+    "decay_mask",
+    "NO_DECAY",
     "DiagonalMixer",
     "GLAMixer",
     "DeltaProductMixer",
